@@ -1,0 +1,1 @@
+"""atb: AutoTinyBERT at production scale."""

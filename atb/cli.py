@@ -1,0 +1,97 @@
+"""The one configuration mechanism: a typed dataclass per job, filled from the command line by fire.
+
+`run_cli(Config, run)` exposes the dataclass fields as flags (fire shows them in `--help`), rejects unknown
+flags with the list of valid ones, coerces values to the annotated types, and turns expected user errors
+(bad arch, missing file, existing output) into one clear line on stderr and exit status 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import fire
+
+C = TypeVar("C")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if value is None:
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _coerce(name, value, args[0])
+    if annotation is bool:
+        if isinstance(value, str):
+            if value.lower() in {"1", "true", "yes"}:
+                return True
+            if value.lower() in {"0", "false", "no"}:
+                return False
+            raise ValueError(f"--{name} expects true/false, got {value!r}")
+        return bool(value)
+    if annotation in (int, float):
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--{name} expects {annotation.__name__}, got {value!r}") from None
+    if annotation is str:
+        return str(value)
+    if origin in (list, tuple) and isinstance(value, (str, int, float)):
+        items = [v for v in str(value).split(",") if v] if isinstance(value, str) else [value]
+        return [_coerce(name, v, args[0]) if args else v for v in items]
+    return value
+
+
+def build_config(cls: type[C], values: dict[str, Any]) -> C:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown option(s) {['--' + u for u in unknown]}; valid options: "
+                         f"{', '.join('--' + f for f in fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def run_cli(cls: type[C], run: Callable[[C], Any], prog: str | None = None) -> None:
+    prog = prog or Path(sys.argv[0]).stem
+
+    def entry(**kwargs: Any) -> None:
+        try:
+            run(build_config(cls, kwargs))
+        except USER_ERRORS as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"{prog}: error: {msg}", file=sys.stderr)
+            sys.exit(2)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(cls).parameters.values()]
+    entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    entry.__doc__ = cls.__doc__
+    fire.Fire(entry, name=prog)
+
+
+def git_hash(cwd: str | Path | None = None) -> str:
+    """The code version a run used; 'unknown' outside a git checkout. A dirty tree is marked '+dirty'."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """The resolved config as JSON-able data, with the git hash, for a run directory."""
+    data = dataclasses.asdict(cfg)
+    return {"config": data, "git": git_hash(), "argv": sys.argv}

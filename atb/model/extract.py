@@ -1,0 +1,90 @@
+"""Sub-network → standalone Hugging Face folder.
+
+An arch with qkv == hidden is exactly a stock BERT, so it is written as a vanilla `bert` folder that any
+transformers install loads. Other archs are written as TinyBert with `auto_map` and the modeling file
+copied in, so `trust_remote_code=True` loads them without atb. Either way the folder appears in one
+rename, complete, with `atb_arch.json` recording where it came from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
+
+from atb.fsutil import atomic_dir, write_json_atomic
+from atb.model import tiny
+from atb.model.elastic import SuperBert, SuperBertConfig
+from atb.space import Arch
+
+ARCH_JSON = "atb_arch.json"
+MODELING_FILE = "modeling_atb_tinybert.py"
+
+
+def hf_config_for(arch: Arch, cfg: SuperBertConfig) -> BertConfig | tiny.TinyBertConfig:
+    """The transformers config of `arch` with the supernet's vocabulary, positions and dropout."""
+    common: dict[str, Any] = dict(
+        vocab_size=cfg.vocab_size, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads, intermediate_size=arch.ffn, hidden_act="gelu",
+        hidden_dropout_prob=cfg.hidden_dropout_prob, attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.initializer_range, layer_norm_eps=cfg.layer_norm_eps, pad_token_id=cfg.pad_token_id,
+    )
+    if arch.is_vanilla_bert:
+        return BertConfig(**common)
+    config = tiny.TinyBertConfig(qkv_size=arch.qkv, **common)
+    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{cls}" for auto, cls in tiny.AUTO_MAP.items()}
+    return config
+
+
+def build_masked_lm(super_model: SuperBert, arch: Arch) -> PreTrainedModel:
+    """The sub-network as an in-memory transformers MaskedLM model (weights copied, not shared)."""
+    state = super_model.sub_state_dict(arch)
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    model = new_masked_lm(arch, super_model.config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def new_masked_lm(arch: Arch, cfg: SuperBertConfig) -> PreTrainedModel:
+    """A freshly initialised exported-format model of `arch` (what latency is measured on)."""
+    model_cls = BertForMaskedLM if arch.is_vanilla_bert else tiny.TinyBertForMaskedLM
+    return model_cls(hf_config_for(arch, cfg))
+
+
+def extract(super_model: SuperBert, arch: Arch, out_dir: str | Path, tokenizer: str | Path | None = None,
+            provenance: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write sub-network `arch` of `super_model` to `out_dir` as a Hugging Face folder."""
+    super_model.space.validate(arch)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"output folder {out_dir} already exists; choose another or pass --overwrite")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer)) if tokenizer is not None else None
+    if tok is not None and len(tok) > super_model.config.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer} has {len(tok)} tokens but the SuperPLM vocab is "
+                         f"{super_model.config.vocab_size}: they do not belong together")
+    model = build_masked_lm(super_model, arch)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if not arch.is_vanilla_bert:
+            shutil.copyfile(tiny.__file__, tmp / MODELING_FILE)
+        if tok is not None:
+            tok.save_pretrained(str(tmp))
+        record = {
+            "arch": arch.to_dict(),
+            "arch_name": arch.name,
+            "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
+            "space": super_model.space.to_spec(),
+            "params": sum(p.numel() for p in model.parameters()),
+            **(provenance or {}),
+        }
+        write_json_atomic(tmp / ARCH_JSON, record)
+    return out_dir
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,65 @@
+import json
+import random
+
+import pytest
+
+from atb.space import Arch, SearchSpace, SpaceError, presets
+
+
+def test_presets_match_the_paper():
+    mlm = SearchSpace.load("mlm")
+    assert mlm.largest() == Arch(8, 768, 12, 768, 3072)
+    assert mlm.qkv_choices(3) == [192]  # head dim fixed at 64
+    kd = SearchSpace.load("kd")
+    assert kd.largest() == Arch(8, 768, 12, 768, 3072)
+    assert kd.qkv_choices(12)[0] == 180 and kd.qkv_choices(12)[-1] == 768
+    assert all(q % 12 == 0 for q in kd.qkv_choices(12))
+    assert {"mlm", "kd", "demo", "tiny", "tiny_kd"} <= set(presets())
+
+
+@pytest.mark.parametrize("name", ["mlm", "kd", "tiny", "tiny_kd", "demo"])
+def test_sampling_mutation_crossover_stay_in_space(name):
+    space = SearchSpace.load(name)
+    rng = random.Random(0)
+    archs = [space.sample(rng) for _ in range(200)]
+    for a, b in zip(archs, archs[1:]):
+        space.validate(a)
+        space.validate(space.mutate(a, rng, 0.5))
+        space.validate(space.crossover(a, b, rng))
+    assert len(set(archs)) > 150  # sampling actually explores
+    space.validate(space.smallest())
+
+
+def test_arch_round_trips_through_json_and_name():
+    a = Arch(3, 256, 4, 128, 512)
+    assert Arch.parse(a.name) == a
+    assert Arch.parse(json.dumps(a.to_dict())) == a
+    space = SearchSpace.load("kd")
+    assert SearchSpace.from_spec(json.loads(json.dumps(space.to_spec()))) == space
+
+
+def test_out_of_space_arch_names_field_value_and_allowed_set():
+    space = SearchSpace.load("mlm")
+    with pytest.raises(SpaceError, match=r"hidden=130 .*allowed 128\.\.768 step 4"):
+        space.validate(Arch(4, 130, 4, 256, 512))
+    with pytest.raises(SpaceError, match=r"qkv=200"):
+        space.validate(Arch(4, 128, 4, 200, 512))
+    with pytest.raises(SpaceError, match="layers=9"):
+        space.validate(Arch(9, 128, 4, 256, 512))
+    with pytest.raises(SpaceError, match="cannot parse arch"):
+        Arch.parse("L4-H128")
+
+
+def test_bad_spec_files(tmp_path):
+    with pytest.raises(SpaceError, match="unknown space 'nope'"):
+        SearchSpace.load("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nlayers: {min: 1, max: 4}\nhidden: {min: 64, max: 100, step: 32}\n"
+                   "heads: {min: 1, max: 2}\nhead_dim: 32\nffn: {min: 64, max: 128}\n")
+    with pytest.raises(SpaceError, match="hidden.*max 100 is not reachable"):
+        SearchSpace.load(bad)
+    bad.write_text("name: x\nlayers: [1, 2]\n")
+    with pytest.raises(SpaceError, match="'layers' must be a mapping"):
+        SearchSpace.load(bad)
+    with pytest.raises(SpaceError, match="does not exist"):
+        SearchSpace.load(tmp_path / "missing.yaml")

@@ -1,0 +1,48 @@
+"""Extract sub-networks of a SuperPLM checkpoint into standalone Hugging Face folders.
+
+    python tools/extract.py --checkpoint runs/pretrain/supernet --arch L4_H256_A4_Q256_F1024 --out models/a
+    python tools/extract.py --checkpoint runs/pretrain/checkpoints --arch '{"layers": 2, ...}' --out models/b
+
+The checkpoint is a SuperPLM folder or a DeepSpeed checkpoint directory of any ZeRO stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from atb.cli import run_cli
+
+
+@dataclass
+class ExtractConfig:
+    """Extract one arch of a SuperPLM into a Hugging Face folder."""
+
+    checkpoint: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
+    arch: str = ""  # name like L4_H256_A4_Q256_F1024, or a JSON object
+    out: str = ""  # output folder (must not exist unless --overwrite)
+    tokenizer: str | None = None  # tokenizer folder to copy into the export
+    overwrite: bool = False
+
+
+def run(cfg: ExtractConfig) -> None:
+    from atb.model.extract import extract
+    from atb.model.supernet_io import load_supernet
+    from atb.space import Arch
+
+    for flag in ("checkpoint", "arch", "out"):
+        if not getattr(cfg, flag):
+            raise ValueError(f"--{flag} is required")
+    arch = Arch.parse(cfg.arch)
+    if Path(cfg.out).exists() and not cfg.overwrite:
+        raise FileExistsError(f"output folder {cfg.out} already exists; choose another or pass --overwrite")
+    model, meta = load_supernet(cfg.checkpoint)
+    model.space.validate(arch)
+    provenance = {"source_checkpoint": str(Path(cfg.checkpoint).resolve()), "source_step": meta.get("step")}
+    out = extract(model, arch, cfg.out, tokenizer=cfg.tokenizer or meta.get("tokenizer"),
+                  provenance=provenance, overwrite=cfg.overwrite)
+    print(f"extracted {arch.name} -> {out}")
+
+
+if __name__ == "__main__":
+    run_cli(ExtractConfig, run, prog="extract")
