@@ -62,8 +62,18 @@ def build_config(cls: type[C], values: dict[str, Any]) -> C:
 
 
 def run_cli(cls: type[C], run: Callable[[C], Any], prog: str | None = None) -> None:
+    """One job, one dataclass: `python tools/x.py --field value ...`."""
     prog = prog or Path(sys.argv[0]).stem
+    fire.Fire(_entry(cls, run, prog), name=prog)
 
+
+def run_subcommands(commands: dict[str, tuple[type, Callable[[Any], Any]]], prog: str | None = None) -> None:
+    """Several related jobs in one tool: `python tools/x.py <command> --field value ...`."""
+    prog = prog or Path(sys.argv[0]).stem
+    fire.Fire({name: _entry(cls, run, f"{prog} {name}") for name, (cls, run) in commands.items()}, name=prog)
+
+
+def _entry(cls: type[C], run: Callable[[C], Any], prog: str) -> Callable[..., None]:
     def entry(**kwargs: Any) -> None:
         try:
             run(build_config(cls, kwargs))
@@ -75,7 +85,7 @@ def run_cli(cls: type[C], run: Callable[[C], Any], prog: str | None = None) -> N
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(cls).parameters.values()]
     entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     entry.__doc__ = cls.__doc__
-    fire.Fire(entry, name=prog)
+    return entry
 
 
 def git_hash(cwd: str | Path | None = None) -> str:

@@ -1,0 +1,66 @@
+"""Arguments of a SuperPLM pre-training run (`tools/pretrain.py --help` lists them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-train a SuperPLM with DeepSpeed (MLM or KD; uniform or sandwich arch sampling)."""
+
+    out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, supernet/
+    # data
+    corpus: str = "demo"  # text file(s)/folder, comma-separated, a saved datasets folder, or "demo"
+    tokenizer: str = "demo"  # transformers tokenizer folder, or "demo" (bert-base-uncased vocab)
+    train_tokenizer_vocab: int = 0  # > 0: train a WordPiece tokenizer of this size on the corpus instead
+    seq_len: int = 128
+    dev_fraction: float = 0.01
+    num_proc: int = 1  # processes for tokenisation (datasets.map)
+    # model
+    space: str = "demo"  # preset name or YAML/JSON spec file
+    max_positions: int = 512
+    dropout: float = 0.1
+    init_from: str | None = None  # BERT-family transformers folder to initialise overlapping weights from
+    # objective and sampling
+    objective: str = "mlm"  # mlm | kd
+    teacher: str | None = None  # transformers encoder folder (kd)
+    sampling: str = "uniform"  # uniform | sandwich | fixed
+    sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
+    inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others
+    fixed_archs: str = ""  # sampling=fixed: arch names separated by ';'
+    # optimisation
+    steps: int = 1000  # total optimizer steps of the run (sets the LR schedule)
+    stop_at_step: int = 0  # > 0: checkpoint and stop at this step (time-limited jobs); resume later
+    micro_batch: int = 8  # per rank
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ds_config: str = "zero2_bf16"  # name in ds_configs/ or a path
+    # checkpoints and tracking
+    save_every: int = 500
+    keep_last: int = 2
+    resume: str = "auto"  # auto: continue from out_dir/checkpoints if present | never | must
+    eval_every: int = 0  # dev loss of the largest and smallest arch every N steps (0: at the end only)
+    report_to: str = "tensorboard"  # comma-separated: tensorboard, wandb, none
+    wandb_project: str = "atb"
+    log_every: int = 10
+    seed: int = 0
+    local_rank: int = -1  # set by the deepspeed launcher; LOCAL_RANK from the environment wins
+
+    def validate(self) -> None:
+        if self.objective not in ("mlm", "kd"):
+            raise ValueError(f"--objective must be mlm or kd, got {self.objective!r}")
+        if self.objective == "kd" and not self.teacher:
+            raise ValueError("--objective kd needs --teacher (a transformers encoder folder)")
+        if self.resume not in ("auto", "never", "must"):
+            raise ValueError(f"--resume must be auto, never or must, got {self.resume!r}")
+        for name in ("steps", "micro_batch", "grad_accum", "seq_len", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len > self.max_positions:
+            raise ValueError(f"--seq_len {self.seq_len} exceeds --max_positions {self.max_positions}")
+        if self.inplace_distill and (self.sampling != "sandwich" or self.objective != "mlm"):
+            raise ValueError("--inplace_distill needs --sampling sandwich and --objective mlm")

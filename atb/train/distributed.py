@@ -1,0 +1,72 @@
+"""Distributed start-up shared by pre-training, development and search.
+
+Works under the deepspeed launcher, torchrun, Slurm (through the launch scripts) or as a single plain
+process. On CPU the backend is gloo (oneCCL is rarely installed), and DeepSpeed's shared-memory
+all-reduce op, which compiles for ~30 s on first use and only serves inference, is not built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def accelerator_name() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
+def init_distributed(timeout_s: int = 1800) -> DistEnv:
+    import deepspeed
+    import torch.distributed as dist
+
+    on_cpu = accelerator_name() == "cpu"
+    if on_cpu:
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if "RANK" not in os.environ:  # a plain single process: give DeepSpeed a one-rank group on loopback
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if on_cpu else None, verbose=False,
+                                   timeout=timedelta(seconds=timeout_s))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if on_cpu:
+        device = torch.device("cpu")
+    else:
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator().set_device(local_rank)
+        device = torch.device(get_accelerator().device_name(local_rank))
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,99 @@
+"""Training objectives of a SuperPLM step: MLM, knowledge distillation from a teacher, in-place distillation.
+
+KD follows the paper: MSE between the last layer's attention scores of student and teacher (so their head
+counts must match) plus MSE between last hidden states, the student's mapped to the teacher's width by a
+learned projection. The projection is elastic like every other supernet weight: a sub-arch of hidden `h`
+uses its first `h` input columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atb.model.elastic import ElasticLinear, SuperBert
+from atb.space import Arch
+
+
+@dataclass
+class TeacherOutput:
+    hidden: torch.Tensor  # [batch, seq, teacher_hidden]
+    scores: torch.Tensor  # [batch, heads, seq, seq] last-layer pre-softmax scores
+
+
+class Teacher:
+    """A frozen transformers BERT-family encoder; last-layer scores are rebuilt from its query/key outputs
+    (transformers returns only post-softmax probabilities)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.config
+        self.hidden_size = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.vocab_size = cfg.vocab_size
+        layer = self._layers()[-1]
+        self._captured: dict[str, torch.Tensor] = {}
+        attn = layer.attention.self
+        attn.query.register_forward_hook(lambda m, i, o: self._captured.__setitem__("q", o))
+        attn.key.register_forward_hook(lambda m, i, o: self._captured.__setitem__("k", o))
+
+    def _layers(self) -> nn.ModuleList:
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        encoder = getattr(base, "encoder", None)
+        if encoder is None or not hasattr(encoder, "layer"):
+            raise ValueError(f"teacher {type(self.model).__name__} is not a BERT-family encoder "
+                             "(needs encoder.layer[*].attention.self.query/key)")
+        return encoder.layer
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "Teacher":
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
+        except OSError as err:
+            raise FileNotFoundError(f"teacher {path} could not be loaded as a transformers folder: {err}") from None
+        return cls(model.to(device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> TeacherOutput:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        B, S = input_ids.shape
+        q = self._captured.pop("q").view(B, S, self.heads, -1).transpose(1, 2)
+        k = self._captured.pop("k").view(B, S, self.heads, -1).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return TeacherOutput(hidden=out.last_hidden_state, scores=scores)
+
+
+def check_teacher_fits(teacher: Teacher, student: SuperBert) -> None:
+    space = student.space
+    if not (space.heads.min == space.heads.max == teacher.heads):
+        raise ValueError(
+            f"KD compares last-layer attention scores head by head: the space '{space.name}' has "
+            f"{space.heads.min}..{space.heads.max} heads but the teacher has {teacher.heads}; use a space "
+            f"with heads fixed at {teacher.heads} (like the 'kd' preset)")
+    if teacher.vocab_size != student.config.vocab_size:
+        raise ValueError(f"teacher vocab ({teacher.vocab_size}) and SuperPLM vocab ({student.config.vocab_size}) "
+                         "differ: the teacher must use the same tokenizer")
+
+
+def kd_losses(student_hidden: torch.Tensor, student_scores: torch.Tensor, teacher: TeacherOutput,
+              projection: ElasticLinear, arch: Arch, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Attention-score MSE over real (query, key) pairs and hidden MSE over real tokens."""
+    valid_tok = attention_mask.bool()
+    valid_pair = (valid_tok[:, None, :, None] & valid_tok[:, None, None, :]).expand_as(student_scores)
+    t_scores = teacher.scores.to(student_scores.dtype)
+    attn = F.mse_loss(student_scores[valid_pair], t_scores[valid_pair])
+    mapped = projection(student_hidden, projection.weight.shape[0], arch.hidden)
+    hidden = F.mse_loss(mapped[valid_tok], teacher.hidden.to(mapped.dtype)[valid_tok])
+    return {"kd_attn": attn, "kd_hidden": hidden}
+
+
+def inplace_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL from the largest sub-network's (detached) predictions to a smaller one's, at masked positions."""
+    return F.kl_div(F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.detach().float(), -1),
+                    log_target=True, reduction="batchmean")
