@@ -99,6 +99,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     tokenizer, blocks = prepare_data(cfg, env, out)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every re-run
     model = build_supernet(cfg, vocab_size=len(tokenizer))
     config = fill_ds_config(cfg, on_cpu=env.device.type == "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[ds_config.precision(config)]
@@ -160,9 +161,32 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     tracker.log(final_eval, result.last_step)
     if result.last_step == cfg.steps:
         export_supernet(ckpt_dir, out / "supernet", env)
-    tracker.write_json("summary.json", {"last_step": result.last_step, "final_eval": final_eval})
+    digests = rank_digests(engine)
+    if len(set(digests)) != 1:
+        warnings.warn(f"ranks hold different parameters after training: {digests}")
+    tracker.write_json("summary.json", {"last_step": result.last_step, "final_eval": final_eval,
+                                        "param_digest_per_rank": digests})
     tracker.close()
-    return {"last_step": result.last_step, "losses": result.losses, "eval": final_eval}
+    return {"last_step": result.last_step, "losses": result.losses, "eval": final_eval, "digests": digests}
+
+
+def rank_digests(engine) -> list[str]:
+    """A fingerprint of the full parameters as each rank sees them: data parallelism is only correct if
+    all ranks agree, and a silent divergence (e.g. a missed reduction) would otherwise go unnoticed."""
+    import hashlib
+
+    import deepspeed
+    import torch.distributed as dist
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        h = hashlib.sha256()
+        for p in params:
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        digest = h.hexdigest()[:16]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest)
+    return gathered
 
 
 @torch.no_grad()

@@ -1,0 +1,199 @@
+"""Time one architecture's inference on the target device.
+
+Latency is measured on the *exported* model (`new_masked_lm`: a transformers BertModel when qkv == hidden,
+a TinyBertModel otherwise), never on the sliced supernet, whose slicing and masking overhead would bias
+every number. Only the encoder (`model.bert`) is timed: the MLM head is not part of a deployed
+classifier/QA model. Weights are freshly initialised; their values do not change the work done.
+
+The CPU is a shared, noisy resource: each measurement warms up, disables the garbage collector while
+timing, repeats at least `repeats` times (more for fast models, until `min_time_s` of timed work), and
+reports the median with p10/p90, which a short burst from another process cannot move much.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from atb.model.elastic import SuperBertConfig
+from atb.model.extract import new_masked_lm
+from atb.space import Arch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Where and how latency is measured; stored with every table row and in the predictor."""
+
+    device: str = "cpu"  # "cpu" or "cuda" (or "cuda:1")
+    threads: int = 1  # CPU intra-op threads (the paper: 1); ignored on CUDA
+    batch: int = 1
+    seq: int = 128
+    dtype: str = "float32"
+    warmup: int = 5
+    repeats: int = 20  # minimum number of timed forwards
+    min_time_s: float = 0.2  # fast models repeat until this much time has been timed ...
+    max_repeats: int = 500  # ... but never more than this many forwards
+
+    def __post_init__(self) -> None:
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("threads", "batch", "seq", "repeats", "max_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.min_time_s < 0:
+            raise ValueError("warmup and min_time_s must be >= 0")
+        if self.max_repeats < self.repeats:
+            raise ValueError(f"max_repeats ({self.max_repeats}) must be >= repeats ({self.repeats})")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change what a latency means; rows that differ here cannot share a table."""
+        return {"device": self.device, "threads": self.threads if self.device == "cpu" else None,
+                "batch": self.batch, "seq": self.seq, "dtype": self.dtype}
+
+
+@dataclass
+class Measurement:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    repeats: int
+    times_ms: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def relative_spread(self) -> float:
+        """(p90 - p10) / median: how much single forwards disagree; the table's noise floor uses it."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["times_ms"] = [round(t, 4) for t in self.times_ms]
+        return data
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted list (numpy's default method)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(times_ms: list[float]) -> Measurement:
+    ordered = sorted(times_ms)
+    return Measurement(median_ms=statistics.median(ordered), p10_ms=_quantile(ordered, 0.1),
+                       p90_ms=_quantile(ordered, 0.9), min_ms=ordered[0], mean_ms=statistics.fmean(ordered),
+                       repeats=len(ordered), times_ms=list(times_ms))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_description(settings: MeasureSettings) -> dict[str, Any]:
+    """What a reader needs to reproduce or compare a latency: hardware, software and input shape."""
+    desc: dict[str, Any] = {**settings.identity(), "torch": torch.__version__}
+    if settings.device == "cpu":
+        desc["name"] = cpu_name()
+        desc["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    else:
+        desc["name"] = torch.cuda.get_device_name(torch.device(settings.device))
+        desc["cuda"] = torch.version.cuda
+    return desc
+
+
+def default_model_config(seq: int, vocab_size: int = 30522) -> SuperBertConfig:
+    """Vocabulary and positions of a standard BERT; only these (not the space) shape the exported model."""
+    return SuperBertConfig(space={}, vocab_size=vocab_size, max_position_embeddings=max(512, seq))
+
+
+def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
+                    settings: MeasureSettings | None = None, seed: int = 0) -> Measurement:
+    """Median inference latency (ms) of the exported encoder of `arch` under `settings`."""
+    settings = settings or MeasureSettings()
+    model_config = model_config or default_model_config(settings.seq)
+    if settings.seq > model_config.max_position_embeddings:
+        raise ValueError(f"seq {settings.seq} exceeds max_position_embeddings "
+                         f"{model_config.max_position_embeddings} of the model config")
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {settings.device!r} requested but CUDA is not available here")
+    torch.manual_seed(seed)
+    encoder = new_masked_lm(arch, model_config).bert.eval()
+    device = torch.device(settings.device)
+    encoder.to(device=device, dtype=DTYPES[settings.dtype])
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, model_config.vocab_size, (settings.batch, settings.seq), generator=g)
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
+              "token_type_ids": torch.zeros_like(input_ids).to(device)}
+    try:
+        if device.type == "cuda":
+            times = _time_cuda(encoder, inputs, settings)
+        else:
+            times = _time_cpu(encoder, inputs, settings)
+    finally:
+        del encoder
+    return summarize(times)
+
+
+def _enough(times: list[float], settings: MeasureSettings) -> bool:
+    if len(times) >= settings.max_repeats:
+        return True
+    return len(times) >= settings.repeats and sum(times) >= settings.min_time_s * 1000.0
+
+
+def _time_cpu(encoder: torch.nn.Module, inputs: dict[str, torch.Tensor], settings: MeasureSettings) -> list[float]:
+    previous_threads = torch.get_num_threads()
+    gc_was_enabled = gc.isenabled()
+    torch.set_num_threads(settings.threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(settings.warmup):
+                encoder(**inputs)
+            gc.collect()
+            gc.disable()
+            times: list[float] = []
+            while not _enough(times, settings):
+                start = time.perf_counter()
+                encoder(**inputs)
+                times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(previous_threads)
+    return times
+
+
+def _time_cuda(encoder: torch.nn.Module, inputs: dict[str, torch.Tensor], settings: MeasureSettings) -> list[float]:
+    """Device events time the GPU work itself; host launch overhead shows only if the GPU waits on it."""
+    device = next(encoder.parameters()).device
+    with torch.inference_mode(), torch.cuda.device(device):
+        for _ in range(max(settings.warmup, 1)):
+            encoder(**inputs)
+        torch.cuda.synchronize(device)
+        times: list[float] = []
+        while not _enough(times, settings):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            encoder(**inputs)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return times
