@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 
 @dataclass
-class PretrainConfig:
-    """Pre-train a SuperPLM with DeepSpeed (MLM or KD; uniform or sandwich arch sampling)."""
+class TrainConfig:
+    """What every DeepSpeed training run of atb shares: data, optimisation, checkpoints, tracking."""
 
-    out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, supernet/
+    out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, outputs
     # data
     corpus: str = "demo"  # text file(s)/folder, comma-separated, a saved datasets folder, or "demo"
     tokenizer: str = "demo"  # transformers tokenizer folder, or "demo" (bert-base-uncased vocab)
@@ -17,18 +17,9 @@ class PretrainConfig:
     seq_len: int = 128
     dev_fraction: float = 0.01
     num_proc: int = 1  # processes for tokenisation (datasets.map)
-    # model
-    space: str = "demo"  # preset name or YAML/JSON spec file
-    max_positions: int = 512
     dropout: float = 0.1
-    init_from: str | None = None  # BERT-family transformers folder to initialise overlapping weights from
-    # objective and sampling
     objective: str = "mlm"  # mlm | kd
     teacher: str | None = None  # transformers encoder folder (kd)
-    sampling: str = "uniform"  # uniform | sandwich | fixed
-    sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
-    inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others
-    fixed_archs: str = ""  # sampling=fixed: arch names separated by ';'
     # optimisation
     steps: int = 1000  # total optimizer steps of the run (sets the LR schedule)
     stop_at_step: int = 0  # > 0: checkpoint and stop at this step (time-limited jobs); resume later
@@ -60,6 +51,22 @@ class PretrainConfig:
         for name in ("steps", "micro_batch", "grad_accum", "seq_len", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Pre-train a SuperPLM with DeepSpeed (MLM or KD; uniform or sandwich arch sampling)."""
+
+    space: str = "demo"  # preset name or YAML/JSON spec file
+    max_positions: int = 512
+    init_from: str | None = None  # BERT-family transformers folder to initialise overlapping weights from
+    sampling: str = "uniform"  # uniform | sandwich | fixed
+    sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
+    inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others
+    fixed_archs: str = ""  # sampling=fixed: arch names separated by ';'
+
+    def validate(self) -> None:
+        super().validate()
         if self.seq_len > self.max_positions:
             raise ValueError(f"--seq_len {self.seq_len} exceeds --max_positions {self.max_positions}")
         if self.inplace_distill and (self.sampling != "sandwich" or self.objective != "mlm"):

@@ -50,10 +50,10 @@ class LoopResult:
 
 def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], loss_fn: LossFn, spec: LoopSpec,
              tracker: Tracker, save: Callable[[int], None], evaluate: Callable[[int], dict[str, float]],
-             metrics_file: Path) -> LoopResult:
+             metrics_file: Path, desc: str = "train") -> LoopResult:
     end = min(spec.steps, spec.stop_at_step) if spec.stop_at_step > 0 else spec.steps
     losses: dict[int, float] = {}
-    bar = progress(end, env.is_main, "pretrain", initial=spec.start_step)
+    bar = progress(end, env.is_main, desc, initial=spec.start_step)
     tokens, t0 = 0, time.perf_counter()
     step = spec.start_step
     for step in range(spec.start_step, end):

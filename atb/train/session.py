@@ -1,0 +1,174 @@
+"""The training session every atb DeepSpeed job shares: data, engine, resume, loop, checkpoints, tracking.
+
+A job (pre-training the SuperPLM, developing K students) only supplies its module, its loss and its
+evaluation; everything that makes runs reproducible and resumable lives here once.
+
+Rank 0 prepares shared artefacts first (trained tokenizer, tokenised blocks) and the other ranks read
+them from the cache after a barrier, so N ranks never tokenise the corpus N times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from atb.cli import config_record
+from atb.tracking import Tracker
+from atb.train import checkpointing, ds_config
+from atb.train.config import TrainConfig
+from atb.train.distributed import DistEnv, barrier
+from atb.train.loop import LoopSpec, run_loop, truncate_metrics
+from atb.train.objectives import Teacher
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Job:
+    """What a concrete job plugs into the session. Callables receive the DeepSpeed engine."""
+
+    name: str
+    module: nn.Module
+    loss: Callable[[Any, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    evaluate: Callable[[Any], dict[str, float]]
+    checkpoint_record: dict[str, Any]  # JSON data stored with every checkpoint (configs to rebuild the model)
+    finish: Callable[[Any, Path], None] = lambda engine, ckpt_dir: None  # exports after the final step
+    describe_step: Callable[[int], dict[str, float]] = field(default=lambda step: {})
+
+
+def prepare_data(cfg: TrainConfig, env: DistEnv, out: Path):
+    from atb.data import build_blocks, load_corpus, load_tokenizer, train_wordpiece
+
+    corpus = load_corpus([c for c in cfg.corpus.split(",") if c] if "," in cfg.corpus else cfg.corpus)
+    tok_dir = out / "tokenizer"
+    if env.is_main:
+        if cfg.train_tokenizer_vocab > 0 and not tok_dir.is_dir():
+            train_wordpiece(corpus, cfg.train_tokenizer_vocab, tok_dir)
+        tokenizer = load_tokenizer(str(tok_dir) if cfg.train_tokenizer_vocab > 0 else cfg.tokenizer)
+        blocks = build_blocks(corpus, tokenizer, cfg.seq_len, cfg.dev_fraction, cfg.seed, cfg.num_proc,
+                              cache_dir=str(out / "data_cache"))
+    barrier()
+    if not env.is_main:
+        tokenizer = load_tokenizer(str(tok_dir) if cfg.train_tokenizer_vocab > 0 else cfg.tokenizer)
+        blocks = build_blocks(corpus, tokenizer, cfg.seq_len, cfg.dev_fraction, cfg.seed, cfg.num_proc,
+                              cache_dir=str(out / "data_cache"))
+    return tokenizer, blocks
+
+
+def fill_ds_config(cfg: TrainConfig, on_cpu: bool) -> dict[str, Any]:
+    config = ds_config.load(cfg.ds_config, {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch, "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+        "warmup_max_lr": cfg.lr, "warmup_num_steps": min(cfg.warmup_steps, max(cfg.steps - 1, 1)),
+        "total_num_steps": cfg.steps,
+    }, on_cpu=on_cpu)
+    if on_cpu and ds_config.precision(config) == "fp16":
+        raise ValueError(f"DeepSpeed config {cfg.ds_config} uses fp16, which DeepSpeed does not support on CPU; "
+                         "use a bf16 or fp32 config here (fp16 is for GPUs)")
+    return config
+
+
+def find_resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv, config: dict[str, Any]) -> str | None:
+    if cfg.resume == "never":
+        if (ckpt_dir / checkpointing.LATEST).exists():
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints and --resume never was given; "
+                                  "use another --out_dir (existing checkpoints are never overwritten)")
+        return None
+    tag = checkpointing.latest_tag(ckpt_dir)
+    if tag is None:
+        if cfg.resume == "must":
+            raise FileNotFoundError(f"--resume must: no checkpoint in {ckpt_dir}")
+        return None
+    saved_world = checkpointing.saved_world_size(ckpt_dir, tag)
+    if saved_world != env.world_size:
+        # DeepSpeed partitions optimizer state by rank; the universal format re-partitions it
+        tag = checkpointing.ensure_universal(ckpt_dir, tag, env)
+        config.setdefault("checkpoint", {})["load_universal"] = True
+    return tag
+
+
+def load_teacher(cfg: TrainConfig, env: DistEnv, config: dict[str, Any], tokenizer) -> Teacher | None:
+    if cfg.objective != "kd":
+        return None
+    from atb.data import check_vocab_compatible
+
+    teacher = Teacher.load(cfg.teacher, env.device, DTYPES[ds_config.precision(config)])
+    check_vocab_compatible(tokenizer, teacher.vocab_size, f"teacher {cfg.teacher}")
+    return teacher
+
+
+def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, config: dict[str, Any]) -> dict[str, Any]:
+    import deepspeed
+
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    tag = find_resume_tag(cfg, ckpt_dir, env, config)
+    engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
+    start_step = 0
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        if client is None:
+            raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+        start_step = int(client["step"])
+
+    record = {**config_record(cfg), "job": job.name, "ds_config": config, "world_size": env.world_size,
+              "resumed_from": tag}
+    tracker = Tracker(out, cfg.report_to, record, project=cfg.wandb_project, enabled=env.is_main)
+    tracker.write_json("config.json" if tag is None else f"config.resume-{start_step}.json", record)
+    metrics_file = out / "metrics.jsonl"
+    if env.is_main:
+        truncate_metrics(metrics_file, start_step)
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    from atb.data import make_batches
+
+    batches = make_batches(blocks["train"], tokenizer, cfg.micro_batch, cfg.grad_accum, env.rank, env.world_size,
+                           cfg.seed, start_step)
+
+    def save(step: int) -> None:
+        checkpointing.save(engine, ckpt_dir, step, {"step": step, "run": dataclasses.asdict(cfg)}, cfg.keep_last, env,
+                           record=job.checkpoint_record)
+
+    spec = LoopSpec(steps=cfg.steps, start_step=start_step, stop_at_step=cfg.stop_at_step, grad_accum=cfg.grad_accum,
+                    save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed,
+                    describe_step=job.describe_step)
+    result = run_loop(engine, env, batches, lambda batch, step: job.loss(engine, batch, step), spec, tracker, save,
+                      lambda step: job.evaluate(engine), metrics_file, desc=job.name)
+    final_eval = job.evaluate(engine) if result.last_step > start_step else {}
+    tracker.log(final_eval, result.last_step)
+    if result.last_step == cfg.steps:
+        barrier()
+        job.finish(engine, ckpt_dir)
+        barrier()
+    digests = rank_digests(engine)
+    if len(set(digests)) != 1:
+        warnings.warn(f"ranks hold different parameters after training: {digests}")
+    tracker.write_json("summary.json", {"last_step": result.last_step, "final_eval": final_eval,
+                                        "param_digest_per_rank": digests})
+    tracker.close()
+    return {"last_step": result.last_step, "losses": result.losses, "eval": final_eval, "digests": digests}
+
+
+def rank_digests(engine) -> list[str]:
+    """A fingerprint of the full parameters as each rank sees them: data parallelism is only correct if
+    all ranks agree, and a silent divergence (e.g. a missed reduction) would otherwise go unnoticed."""
+    import hashlib
+
+    import deepspeed
+    import torch.distributed as dist
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        h = hashlib.sha256()
+        for p in params:
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        digest = h.hexdigest()[:16]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest)
+    return gathered
