@@ -59,7 +59,7 @@ class PretrainConfig(TrainConfig):
 
     space: str = "demo"  # preset name or YAML/JSON spec file
     max_positions: int = 512
-    init_from: str | None = None  # BERT-family transformers folder to initialise overlapping weights from
+    init_from: str | None = None  # SuperPLM folder, or BERT-family transformers folder (overlapping weights)
     sampling: str = "uniform"  # uniform | sandwich | fixed
     sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
     inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others

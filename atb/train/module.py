@@ -53,7 +53,8 @@ class SuperPLMTrainModule(nn.Module):
                     raise ValueError("objective 'kd' needs teacher outputs")
                 hidden, scores = self.supernet.encode(batch["input_ids"], batch["attention_mask"],
                                                       batch["token_type_ids"], arch, want_scores=True)
-                parts = kd_losses(hidden, scores, teacher, self.kd_projection, arch, batch["attention_mask"])
+                mapped = self.kd_projection(hidden, self.kd_projection.weight.shape[0], arch.hidden)
+                parts = kd_losses(scores, mapped, teacher, batch["attention_mask"])
             for name, value in parts.items():
                 total = total + value.float()
                 terms[name] = terms.get(name, 0.0) + value.detach().float() / len(archs)

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atb.model.elastic import ElasticLinear, SuperBert
-from atb.space import Arch
+from atb.model.elastic import SuperBert
 
 
 @dataclass
@@ -24,9 +23,30 @@ class TeacherOutput:
     scores: torch.Tensor  # [batch, heads, seq, seq] last-layer pre-softmax scores
 
 
+class LastLayerScores:
+    """Rebuilds the last layer's pre-softmax attention scores of a transformers BERT-family model from
+    its query/key projections (transformers only returns post-softmax probabilities, and only eagerly)."""
+
+    def __init__(self, model: nn.Module):
+        base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        encoder = getattr(base, "encoder", None)
+        if encoder is None or not hasattr(encoder, "layer"):
+            raise ValueError(f"{type(model).__name__} is not a BERT-family encoder "
+                             "(needs encoder.layer[*].attention.self.query/key)")
+        self.heads = model.config.num_attention_heads
+        attn = encoder.layer[-1].attention.self
+        self._captured: dict[str, torch.Tensor] = {}
+        attn.query.register_forward_hook(lambda m, i, o: self._captured.__setitem__("q", o))
+        attn.key.register_forward_hook(lambda m, i, o: self._captured.__setitem__("k", o))
+
+    def pop(self, batch: int, seq: int) -> torch.Tensor:
+        q = self._captured.pop("q").view(batch, seq, self.heads, -1).transpose(1, 2)
+        k = self._captured.pop("k").view(batch, seq, self.heads, -1).transpose(1, 2)
+        return (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+
+
 class Teacher:
-    """A frozen transformers BERT-family encoder; last-layer scores are rebuilt from its query/key outputs
-    (transformers returns only post-softmax probabilities)."""
+    """A frozen transformers BERT-family encoder, run once per batch under no_grad."""
 
     def __init__(self, model: nn.Module):
         self.model = model.eval().requires_grad_(False)
@@ -34,19 +54,7 @@ class Teacher:
         self.hidden_size = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.vocab_size = cfg.vocab_size
-        layer = self._layers()[-1]
-        self._captured: dict[str, torch.Tensor] = {}
-        attn = layer.attention.self
-        attn.query.register_forward_hook(lambda m, i, o: self._captured.__setitem__("q", o))
-        attn.key.register_forward_hook(lambda m, i, o: self._captured.__setitem__("k", o))
-
-    def _layers(self) -> nn.ModuleList:
-        base = getattr(self.model, self.model.base_model_prefix, self.model)
-        encoder = getattr(base, "encoder", None)
-        if encoder is None or not hasattr(encoder, "layer"):
-            raise ValueError(f"teacher {type(self.model).__name__} is not a BERT-family encoder "
-                             "(needs encoder.layer[*].attention.self.query/key)")
-        return encoder.layer
+        self.scores = LastLayerScores(model)
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "Teacher":
@@ -62,11 +70,7 @@ class Teacher:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: torch.Tensor) -> TeacherOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        B, S = input_ids.shape
-        q = self._captured.pop("q").view(B, S, self.heads, -1).transpose(1, 2)
-        k = self._captured.pop("k").view(B, S, self.heads, -1).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        return TeacherOutput(hidden=out.last_hidden_state, scores=scores)
+        return TeacherOutput(hidden=out.last_hidden_state, scores=self.scores.pop(*input_ids.shape))
 
 
 def check_teacher_fits(teacher: Teacher, student: SuperBert) -> None:
@@ -81,14 +85,17 @@ def check_teacher_fits(teacher: Teacher, student: SuperBert) -> None:
                          "differ: the teacher must use the same tokenizer")
 
 
-def kd_losses(student_hidden: torch.Tensor, student_scores: torch.Tensor, teacher: TeacherOutput,
-              projection: ElasticLinear, arch: Arch, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Attention-score MSE over real (query, key) pairs and hidden MSE over real tokens."""
+def kd_losses(student_scores: torch.Tensor, mapped: torch.Tensor, teacher: TeacherOutput,
+              attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Attention-score MSE over real (query, key) pairs and hidden MSE over real tokens; `mapped` is the
+    student's last hidden state projected to the teacher's width."""
+    if student_scores.shape[1] != teacher.scores.shape[1]:
+        raise ValueError(f"KD needs equal head counts: student {student_scores.shape[1]}, "
+                         f"teacher {teacher.scores.shape[1]}")
     valid_tok = attention_mask.bool()
     valid_pair = (valid_tok[:, None, :, None] & valid_tok[:, None, None, :]).expand_as(student_scores)
     t_scores = teacher.scores.to(student_scores.dtype)
     attn = F.mse_loss(student_scores[valid_pair], t_scores[valid_pair])
-    mapped = projection(student_hidden, projection.weight.shape[0], arch.hidden)
     hidden = F.mse_loss(mapped[valid_tok], teacher.hidden.to(mapped.dtype)[valid_tok])
     return {"kd_attn": attn, "kd_hidden": hidden}
 

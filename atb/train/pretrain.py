@@ -27,9 +27,18 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int) -> SuperBert:
                              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     model = SuperBert(sb_cfg)
     if cfg.init_from:
-        from atb.model.pretrained_init import init_from_pretrained
+        from atb.model.supernet_io import is_supernet_folder, load_supernet, untied_state_dict
 
-        init_from_pretrained(model, cfg.init_from)
+        if is_supernet_folder(Path(cfg.init_from)):  # continue from a SuperPLM (same space and vocab)
+            source, _ = load_supernet(cfg.init_from)
+            if source.config.space != sb_cfg.space or source.config.vocab_size != vocab_size:
+                raise ValueError(f"--init_from {cfg.init_from}: its space/vocab differ from this run's "
+                                 f"({source.space.name}, {source.config.vocab_size} vs {space.name}, {vocab_size})")
+            model.load_state_dict(untied_state_dict(source), strict=False)
+        else:
+            from atb.model.pretrained_init import init_from_pretrained
+
+            init_from_pretrained(model, cfg.init_from)
     return model
 
 

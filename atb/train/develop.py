@@ -1,0 +1,184 @@
+"""Efficient development: batch-extract K architectures from a SuperPLM and further-train them in one run.
+
+    deepspeed --num_accelerators 2 tools/develop.py --supernet runs/pretrain/supernet \
+        --archs 'L4_H256_A4_Q256_F1024;L2_H128_A2_Q128_F512' --steps 2000 --out_dir runs/develop
+
+Same data pipeline, objectives, DeepSpeed configs, checkpoints, exact resume and tracking as pre-training
+(the shared `session`); only the module (K students) and the export differ.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atb.space import Arch
+from atb.train.config import TrainConfig
+from atb.train.distributed import DistEnv, init_distributed
+from atb.train.session import Job, fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.students import Students
+
+
+@dataclass
+class DevelopConfig(TrainConfig):
+    """Further-train K sub-models of a SuperPLM together (one engine, one data pipeline, one teacher)."""
+
+    out_dir: str = "runs/develop"
+    supernet: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
+    archs: str = ""  # explicit archs, ';'-separated names or a JSON list
+    results: str = ""  # a search results.json: develop its per-target picks
+    targets: str = ""  # latency targets ('12ms,6ms' or '4x,8x'): run the fast search first (needs --predictor)
+    predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
+    from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
+    measure_latency: bool = True  # time each exported model (settings of the predictor when given)
+    steps: int = 500
+    lr: float = 5e-5
+    warmup_steps: int = 50
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.supernet:
+            raise ValueError("--supernet is required (a SuperPLM folder or DeepSpeed checkpoint)")
+        if sum(bool(x) for x in (self.archs, self.results, self.targets)) != 1:
+            raise ValueError("give exactly one of --archs, --results or --targets")
+        if self.targets and not self.predictor:
+            raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
+
+
+@dataclass(frozen=True)
+class Pick:
+    arch: Arch
+    target: str | None = None
+    predicted_ms: float | None = None
+
+
+def picks_from_config(cfg: DevelopConfig, supernet) -> list[Pick]:
+    if cfg.archs:
+        text = cfg.archs.strip()
+        items = json.loads(text) if text.startswith("[") else [a for a in text.split(";") if a.strip()]
+        picks = [Pick(Arch.parse(a)) for a in items]
+    elif cfg.results:
+        picks = picks_from_results(Path(cfg.results))
+    else:
+        from atb.search import fast_picks
+
+        picks = [Pick(Arch.parse(p["arch"]), p["target"], p.get("predicted_ms"))
+                 for p in fast_picks(supernet, cfg.targets, cfg.predictor)]
+    for p in picks:
+        supernet.space.validate(p.arch)
+    names = [p.arch.name for p in picks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same arch is listed twice: {names}")
+    return picks
+
+
+def picks_from_results(path: Path) -> list[Pick]:
+    from atb.fsutil import read_json
+
+    data = read_json(path, "search results")
+    entries = data.get("targets", data) if isinstance(data, dict) else data
+    if isinstance(entries, dict):
+        entries = [{"target": k, **v} for k, v in entries.items()]
+    picks = []
+    for entry in entries:
+        best = entry.get("best", entry)
+        if not isinstance(best, dict) or "arch" not in best:
+            raise ValueError(f"{path}: entry {entry!r} has no 'arch'")
+        picks.append(Pick(Arch.parse(best["arch"]), str(entry.get("target")),
+                          best.get("predicted_ms", entry.get("predicted_ms"))))
+    unique: dict[str, Pick] = {}
+    for pick in picks:  # several targets may pick the same arch; train it once
+        unique.setdefault(pick.arch.name, pick)
+    return list(unique.values())
+
+
+def build_students(cfg: DevelopConfig, supernet, picks: list[Pick]) -> list[torch.nn.Module]:
+    from atb.model.extract import build_masked_lm, new_masked_lm
+
+    models = []
+    for pick in picks:
+        if cfg.from_scratch:
+            models.append(new_masked_lm(pick.arch, supernet.config))
+        else:
+            models.append(build_masked_lm(supernet, pick.arch))
+    for m in models:
+        m.config.hidden_dropout_prob = m.config.attention_probs_dropout_prob = cfg.dropout
+        for module in m.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = cfg.dropout
+        _set_attention_dropout(m, cfg.dropout)
+        m.train()
+    return models
+
+
+def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if hasattr(module, "dropout_p"):
+            module.dropout_p = p
+
+
+def train(cfg: DevelopConfig) -> dict[str, Any]:
+    from atb.model.supernet_io import load_supernet
+
+    cfg.validate()
+    env = init_distributed()
+    out = Path(cfg.out_dir)
+    supernet, meta = load_supernet(cfg.supernet)
+    picks = picks_from_config(cfg, supernet)
+    if cfg.tokenizer == "demo" and meta.get("tokenizer"):
+        cfg.tokenizer = meta["tokenizer"]  # the tokenizer the SuperPLM was trained with
+    tokenizer, blocks = prepare_data(cfg, env, out)
+    if len(tokenizer) > supernet.config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the SuperPLM vocab {supernet.config.vocab_size}")
+    torch.manual_seed(cfg.seed)
+    models = build_students(cfg, supernet, picks)
+    config = fill_ds_config(cfg, on_cpu=env.device.type == "cpu")
+    teacher = load_teacher(cfg, env, config, tokenizer)
+    module = Students(models, [p.arch for p in picks], cfg.objective, teacher.hidden_size if teacher else None)
+
+    def loss(engine, batch: dict[str, torch.Tensor], step: int):
+        teacher_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]) if teacher else None
+        return engine(batch, teacher_out)
+
+    from atb.data import dev_batches
+
+    dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
+    record = {"students": [{"arch": p.arch.to_dict(), "target": p.target, "predicted_ms": p.predicted_ms}
+                           for p in picks], "supernet_config": supernet.config.to_dict(),
+              "source_checkpoint": str(Path(cfg.supernet).resolve()), "source_step": meta.get("step"),
+              "from_scratch": cfg.from_scratch, "objective": cfg.objective}
+    final_dev: dict[str, float] = {}
+
+    def evaluate(engine) -> dict[str, float]:
+        final_dev.clear()
+        final_dev.update(evaluate_students(engine, dev, teacher, env))
+        return dict(final_dev)
+
+    def finish(engine, ckpt_dir: Path) -> None:
+        if env.is_main:
+            from atb.train.develop_export import export_students
+
+            export_students(cfg, ckpt_dir, record, tokenizer, out / "models", final_dev)
+
+    job = Job(name="develop", module=module, loss=loss, evaluate=evaluate, checkpoint_record=record, finish=finish)
+    return run_session(cfg, env, tokenizer, blocks, job, config)
+
+
+@torch.no_grad()
+def evaluate_students(engine, dev, teacher, env: DistEnv) -> dict[str, float]:
+    """Dev loss per student (all ranks run it: ZeRO-3 gathers parameters collectively)."""
+    engine.eval()
+    sums: dict[str, float] = {}
+    for batch in dev:
+        batch = {k: v.to(env.device) for k, v in batch.items()}
+        t_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]) if teacher else None
+        _, terms = engine(batch, t_out)
+        for key, value in terms.items():
+            if key.endswith("/loss"):
+                sums[f"dev/{key}"] = sums.get(f"dev/{key}", 0.0) + float(value) / len(dev)
+    engine.train()
+    return sums
