@@ -1,7 +1,9 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
+# Set INSTALL= (empty) where the environment is already provisioned (the Docker image does).
+INSTALL ?= $(VENV)/.installed
 # The CPU build of torch lies on local disk here; pinning it in the same pip command keeps
 # pip from resolving a multi-GB CUDA build. GPU clusters override: make install TORCH_PIN=
 TORCH_PIN ?= torch==2.13.0
@@ -16,15 +18,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH_PIN) -e '.[dev,demo]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(INSTALL)
 
-test: install
+test: $(INSTALL)
 	$(TEST_ENV) $(PY) -m pytest -q
 
-test-slow: install
+test-slow: $(INSTALL)
 	$(TEST_ENV) $(PY) -m pytest -q -m slow
 
-demo: install
+demo: $(INSTALL)
 	$(TEST_ENV) $(PY) tools/demo.py
 
 clean:

@@ -1,0 +1,71 @@
+"""Efficient development: K students in one DeepSpeed engine, exported as Hugging Face folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from launching import read_losses, run_tool
+from test_pretrain import base_args, corpus_and_tokenizer  # noqa: F401  (fixture)
+
+ARCH_A, ARCH_B = "L2_H48_A4_Q32_F96", "L1_H32_A2_Q16_F48"
+
+
+@pytest.fixture(scope="module")
+def supernet(corpus_and_tokenizer, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("pre") / "run"
+    run_tool("pretrain", base_args(corpus_and_tokenizer, out, steps=8, save_every=8), nproc=1)
+    return out / "supernet"
+
+
+def develop_args(data, out, supernet, **overrides):
+    overrides = {"supernet": supernet, "measure_latency": "false", "lr": 1e-3, "warmup_steps": 2, **overrides}
+    args = base_args(data, out, **overrides)
+    i = args.index("--space")
+    del args[i:i + 2]
+    return args
+
+
+def test_one_student_trains_exactly_like_the_arch_alone(corpus_and_tokenizer, supernet, tmp_path):  # noqa: F811
+    """K=1 in the multi-student engine == further-training that sub-network of the SuperPLM alone."""
+    dev = tmp_path / "dev"
+    run_tool("develop", develop_args(corpus_and_tokenizer, dev, supernet, archs=ARCH_A), nproc=1)
+    alone = tmp_path / "alone"
+    run_tool("pretrain", base_args(corpus_and_tokenizer, alone, init_from=supernet, sampling="fixed",
+                                   fixed_archs=ARCH_A, lr=1e-3, warmup_steps=2), nproc=1)
+    assert read_losses(dev) == read_losses(alone)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_students_two_ranks_resume_exactly(corpus_and_tokenizer, supernet, tmp_path, stage):  # noqa: F811
+    kw = dict(archs=f"{ARCH_A};{ARCH_B}", ds_config=f"zero{stage}_fp32")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_tool("develop", develop_args(corpus_and_tokenizer, straight, supernet, **kw), nproc=2)
+    run_tool("develop", develop_args(corpus_and_tokenizer, resumed, supernet, stop_at_step=3, **kw), nproc=2)
+    run_tool("develop", develop_args(corpus_and_tokenizer, resumed, supernet, **kw), nproc=2)
+    assert read_losses(resumed) == read_losses(straight)
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert {f"{ARCH_A}/mlm", f"{ARCH_B}/mlm"} <= set(rows[0])  # per-student curves
+
+    manifest = json.loads((straight / "manifest.json").read_text())
+    assert [m["arch_name"] for m in manifest["models"]] == [ARCH_A, ARCH_B]
+    ids = torch.randint(5, 100, (2, 12))
+    for row in manifest["models"]:
+        model = AutoModelForMaskedLM.from_pretrained(row["path"], trust_remote_code=True).eval()
+        assert model.config.num_hidden_layers == row["arch"]["layers"]
+        assert row["dev_loss"] is not None
+        with torch.no_grad():
+            assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert "| arch |" in (straight / "summary.md").read_text()
+
+
+def test_develop_rejects_bad_input(corpus_and_tokenizer, supernet, tmp_path):  # noqa: F811
+    proc = run_tool("develop", develop_args(corpus_and_tokenizer, tmp_path / "x", supernet, archs="L9_H32_A2_Q16_F48"),
+                    nproc=1, check=False)
+    assert proc.returncode == 2 and "layers=9" in proc.stderr
+    proc = run_tool("develop", develop_args(corpus_and_tokenizer, tmp_path / "y", tmp_path / "nope", archs=ARCH_A),
+                    nproc=1, check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
