@@ -27,7 +27,7 @@ test-slow: $(INSTALL)
 	$(TEST_ENV) $(PY) -m pytest -q -m slow
 
 demo: $(INSTALL)
-	$(TEST_ENV) $(PY) tools/demo.py
+	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) tools/demo.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -64,10 +64,7 @@ def picks_from_config(cfg: DevelopConfig, supernet) -> list[Pick]:
     elif cfg.results:
         picks = picks_from_results(Path(cfg.results))
     else:
-        from atb.search import fast_picks
-
-        picks = [Pick(Arch.parse(p["arch"]), p["target"], p.get("predicted_ms"))
-                 for p in fast_picks(supernet, cfg.targets, cfg.predictor)]
+        picks = picks_from_results(search_targets(cfg))
     for p in picks:
         supernet.space.validate(p.arch)
     names = [p.arch.name for p in picks]
@@ -76,23 +73,42 @@ def picks_from_config(cfg: DevelopConfig, supernet) -> list[Pick]:
     return picks
 
 
+def search_targets(cfg: DevelopConfig) -> Path:
+    """The paper's AutoTinyBERT-Fast search for --targets, run by all ranks (results reused on resume)."""
+    from atb.search import run_search
+    from atb.search.config import SearchConfig
+    from atb.train.distributed import barrier
+
+    out = Path(cfg.out_dir) / "search"
+    run_search(SearchConfig(checkpoint=cfg.supernet, out_dir=str(out), targets=cfg.targets, predictor=cfg.predictor,
+                            method="fast", corpus=cfg.corpus, seq_len=cfg.seq_len, dev_fraction=cfg.dev_fraction,
+                            data_seed=cfg.seed, seed=cfg.seed, progress=False))
+    barrier()
+    return out / "results.json"
+
+
+def entries_from_results(data: Any, origin: str = "results") -> list[dict[str, Any]]:
+    """(target, arch name, predicted ms) per target of a search results.json (tools/search.py format)."""
+    entries = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{origin}: expected a search results.json with a 'targets' list")
+    out = []
+    for entry in entries:
+        best = entry.get("best")
+        if not isinstance(best, dict) or "arch" not in best:
+            raise ValueError(f"{origin}: target {entry.get('target')!r} has no best arch (did the search finish?)")
+        out.append({"target": str(entry.get("target")), "arch": Arch.parse(best["arch"]).name,
+                    "predicted_ms": best.get("latency_ms")})
+    return out
+
+
 def picks_from_results(path: Path) -> list[Pick]:
     from atb.fsutil import read_json
 
-    data = read_json(path, "search results")
-    entries = data.get("targets", data) if isinstance(data, dict) else data
-    if isinstance(entries, dict):
-        entries = [{"target": k, **v} for k, v in entries.items()]
-    picks = []
-    for entry in entries:
-        best = entry.get("best", entry)
-        if not isinstance(best, dict) or "arch" not in best:
-            raise ValueError(f"{path}: entry {entry!r} has no 'arch'")
-        picks.append(Pick(Arch.parse(best["arch"]), str(entry.get("target")),
-                          best.get("predicted_ms", entry.get("predicted_ms"))))
     unique: dict[str, Pick] = {}
-    for pick in picks:  # several targets may pick the same arch; train it once
-        unique.setdefault(pick.arch.name, pick)
+    for entry in entries_from_results(read_json(path, "search results"), str(path)):
+        # several targets may pick the same arch: train it once, under the first target's name
+        unique.setdefault(entry["arch"], Pick(Arch.parse(entry["arch"]), entry["target"], entry["predicted_ms"]))
     return list(unique.values())
 
 

@@ -1,0 +1,57 @@
+"""The paper's main claim, checked every demo: a searched arch vs the BERT-ratio arch of the same latency.
+
+BERT's shape rules (ffn = 4 x hidden, head size 64, qkv = hidden) define one family of archs; for each
+latency target the baseline is the member whose predicted latency is closest to the searched pick's. Both
+are developed and fine-tuned the same way, so the only difference is the architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atb.fsutil import read_json, write_json_atomic
+from atb.space import Arch, SearchSpace
+
+
+def bert_ratio_archs(space: SearchSpace) -> list[Arch]:
+    archs = []
+    for layers in space.layers.values():
+        for hidden in space.hidden.values():
+            if hidden % 64 or (hidden // 64) not in space.heads:
+                continue
+            arch = Arch(layers, hidden, hidden // 64, hidden, 4 * hidden)
+            if space.contains(arch):
+                archs.append(arch)
+    return archs
+
+
+def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str, out: Path) -> list[dict]:
+    """Search picks plus, per target, the BERT-ratio arch of the nearest predicted latency."""
+    from atb.latency import LatencyPredictor
+    from atb.train.develop import entries_from_results
+
+    predictor = LatencyPredictor.load(predictor_dir)
+    space = SearchSpace.load(space_name)
+    family = bert_ratio_archs(space)
+    if not family:
+        raise ValueError(f"space '{space.name}' contains no BERT-ratio arch (ffn = 4 x hidden, head size 64)")
+    family_ms = predictor.predict(family)
+    entries = []
+    seen = set()
+    for entry in entries_from_results(read_json(results, "search results")):
+        entries.append(entry)
+        seen.add(entry["arch"])
+    for entry in list(entries):
+        target_ms = entry["predicted_ms"]
+        best = min(range(len(family)), key=lambda i: abs(float(family_ms[i]) - target_ms))
+        arch = family[best]
+        if arch.name in seen:
+            continue
+        seen.add(arch.name)
+        entries.append({"target": f"{entry['target']} (BERT-ratio)", "arch": arch.name,
+                        "predicted_ms": float(family_ms[best])})
+    # written in the search's results format, so tools/develop.py --results reads it
+    write_json_atomic(out, {"targets": [{"target": e["target"], "best": {"arch": e["arch"],
+                                                                         "latency_ms": e["predicted_ms"]}}
+                                        for e in entries]})
+    return entries

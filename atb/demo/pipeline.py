@@ -1,0 +1,155 @@
+"""Stages of `make demo`, each a real tool invocation whose output the next stage reads.
+
+Sizes are chosen so the demo (install included) fits in ~15 minutes on a 2-core CPU; `micro` is the same
+chain at toy scale for the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    pretrain_steps: int
+    micro_batch: int
+    seq_len: int
+    latency_archs: int
+    search_preset: str
+    search_generations: int
+    dev_batches: int
+    develop_steps: int
+    finetune_epochs: float
+    finetune_train: int
+    finetune_eval: int
+    space: str = "demo"
+
+
+SIZES = {
+    "demo": Sizes(pretrain_steps=300, micro_batch=16, seq_len=128, latency_archs=40, search_preset="tiny",
+                  search_generations=4, dev_batches=4, develop_steps=100, finetune_epochs=2.0, finetune_train=4000,
+                  finetune_eval=1063),
+    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, latency_archs=8, search_preset="tiny",
+                   search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0, finetune_train=64,
+                   finetune_eval=64),
+}
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    return env
+
+
+def tool(name: str, *args: Any, ranks: int = 1, threads: int | None = None) -> None:
+    """Run tools/<name>.py (under torchrun for several ranks); its output streams to the console."""
+    script = str(REPO / "tools" / f"{name}.py")
+    if ranks > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), script]
+    else:
+        cmd = [sys.executable, script]
+    cmd += [str(a) for a in args]
+    env = _env()
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        sys.exit(f"demo: stage '{name}' failed (exit {proc.returncode}): {' '.join(cmd)}")
+
+
+class Stages:
+    def __init__(self, out: Path, sizes: Sizes, cfg):
+        self.out, self.sizes, self.cfg = out, sizes, cfg
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"\n=== {name}: reusing {done}", flush=True)
+            return
+        print(f"\n=== {name}", flush=True)
+        t0 = time.perf_counter()
+        fn()
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"=== {name} done in {self.timings[name]:.0f} s", flush=True)
+
+    def pretrain(self) -> None:
+        s = self.sizes
+        threads = max(1, (os.cpu_count() or 2) // self.cfg.ranks)
+        tool("pretrain", "--out_dir", self.out / "pretrain", "--space", s.space, "--ds_config", "zero2_bf16",
+             "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 1e-3,
+             "--warmup_steps", max(1, s.pretrain_steps // 10), "--save_every", s.pretrain_steps,
+             "--log_every", max(1, s.pretrain_steps // 50), "--report_to", "tensorboard",
+             ranks=self.cfg.ranks, threads=threads)
+
+    def latency(self) -> None:
+        s, lat = self.sizes, self.out / "latency"
+        tool("latency", "measure", "--space", s.space, "--num_archs", s.latency_archs, "--out", lat / "table.jsonl",
+             "--seq", 128, "--threads", 1)
+        tool("latency", "fit", "--table", lat / "table.jsonl", "--out", lat / "predictor")
+
+    def search(self) -> None:
+        s = self.sizes
+        tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
+             self.out / "latency" / "predictor", "--targets", self.cfg.targets, "--out_dir", self.out / "search",
+             "--preset", s.search_preset, "--generations", s.search_generations, "--dev_batches", s.dev_batches,
+             "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
+
+    def develop(self) -> None:
+        from atb.demo.baseline import picks_with_baselines
+
+        s = self.sizes
+        picks = self.out / "develop_picks.json"
+        picks_with_baselines(self.out / "search" / "results.json", self.out / "latency" / "predictor", s.space, picks)
+        tool("develop", "--supernet", self.out / "pretrain" / "supernet", "--results", picks,
+             "--predictor", self.out / "latency" / "predictor", "--out_dir", self.out / "develop",
+             "--steps", s.develop_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 5e-4,
+             "--warmup_steps", max(1, s.develop_steps // 10), "--save_every", s.develop_steps,
+             "--ds_config", "zero2_bf16", "--report_to", "tensorboard", ranks=self.cfg.ranks, threads=1)
+
+    def finetune(self) -> None:
+        s = self.sizes
+        manifest = json.loads((self.out / "develop" / "manifest.json").read_text())
+        for row in manifest["models"]:
+            dest = self.out / "finetune" / row["arch_name"]
+            if (dest / "metrics.json").exists():
+                continue
+            tool("finetune", "--model", row["path"], "--task", self.cfg.task, "--out_dir", dest,
+                 "--epochs", s.finetune_epochs, "--max_train_samples", s.finetune_train,
+                 "--max_eval_samples", s.finetune_eval, "--max_seq_len", 64, "--lr", 1e-4, "--batch_size", 32,
+                 "--overwrite", True)
+        (self.out / "finetune" / ".done").touch()
+
+
+def run_demo(cfg) -> Path:
+    from atb.demo.report import write_report
+
+    if cfg.size not in SIZES:
+        raise ValueError(f"--size must be one of {sorted(SIZES)}, got {cfg.size!r}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(out, SIZES[cfg.size], cfg)
+    t0 = time.perf_counter()
+    stages.stage("1/5 pre-train the SuperPLM", out / "pretrain" / "supernet" / "supernet.json", stages.pretrain)
+    stages.stage("2/5 measure latency, fit the predictor", out / "latency" / "predictor", stages.latency)
+    stages.stage("3/5 search the latency targets", out / "search" / "results.json", stages.search)
+    stages.stage("4/5 develop the picks in one run", out / "develop" / "manifest.json", stages.develop)
+    stages.stage("5/5 fine-tune on " + cfg.task, out / "finetune" / ".done", stages.finetune)
+    report = write_report(out, cfg.task, stages.timings, time.perf_counter() - t0)
+    print(f"\nreport: {report}")
+    return report

@@ -1,0 +1,95 @@
+"""runs/demo/report.md: what the pipeline found, with the numbers a reader needs to trust it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from atb.fsutil import write_text_atomic
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def plot_pretrain_loss(metrics: Path, png: Path) -> bool:
+    if not metrics.is_file():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss (sampled sub-arch)")
+    ax.set_title("SuperPLM pre-training")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def accuracy(metrics: dict | None, split: str = "dev") -> tuple[float | None, float | None]:
+    if not metrics:
+        return None, None
+    acc = (metrics.get(split) or {}).get("accuracy")
+    majority = ((metrics.get("majority_baseline") or {}).get(split) or {}).get("accuracy")
+    return acc, majority
+
+
+def write_report(out: Path, task: str, timings: dict[str, float], total_s: float) -> Path:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = ["# atb demo report", "",
+             "SuperPLM pre-trained on the built-in corpus, latency predicted for this machine, architectures "
+             f"searched for each target, developed in one run and fine-tuned on `{task}`.", ""]
+    manifest = _read(out / "develop" / "manifest.json") or {"models": []}
+    lines += ["## Models", "",
+              "| arch | target | params (M) | predicted ms | measured ms | speed-up vs largest | dev MLM loss | "
+              f"{task} dev acc | majority acc |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_target: dict[str, dict[str, float | None]] = {}
+    for row in manifest["models"]:
+        acc, majority = accuracy(_read(out / "finetune" / row["arch_name"] / "metrics.json"))
+        lines.append(f"| {row['arch_name']} | {row.get('target') or '-'} | {row['params'] / 1e6:.2f} | "
+                     f"{_fmt(row.get('predicted_ms'))} | {_fmt(row.get('measured_ms'))} | "
+                     f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(row.get('dev_loss'), '.3f')} | "
+                     f"{_fmt(acc, '.3f')} | {_fmt(majority, '.3f')} |")
+        target = str(row.get("target") or "")
+        key = target.replace(" (BERT-ratio)", "")
+        by_target.setdefault(key, {})["baseline" if "BERT-ratio" in target else "searched"] = acc
+    lines += ["", "## The paper's claim: searched arch vs BERT-ratio arch at the same latency", "",
+              "| target | searched acc | BERT-ratio acc | searched better |", "|---|---:|---:|---|"]
+    for target, accs in by_target.items():
+        s, b = accs.get("searched"), accs.get("baseline")
+        verdict = "-" if s is None or b is None else ("yes" if s > b else ("tie" if s == b else "no"))
+        lines.append(f"| {target} | {_fmt(s, '.3f')} | {_fmt(b, '.3f')} | {verdict} |")
+    search = _read(out / "search" / "results.json") or {}
+    sanity = search.get("sanity", {})
+    if sanity.get("warning"):
+        lines += ["", f"Search sanity check: {sanity['warning']}"]
+    elif sanity:
+        lines += ["", "Search sanity check: the largest sub-network scores best, as it should."]
+    lines += ["", "## Plots", ""]
+    if plot_pretrain_loss(out / "pretrain" / "metrics.jsonl", plots / "pretrain_loss.png"):
+        lines.append("![pre-training loss](plots/pretrain_loss.png)")
+    for src, name, title in ((out / "search" / "pareto.png", "pareto.png", "Pareto front"),
+                             (next(iter(sorted((out / "latency").rglob("*.png"))), None) if (out / "latency").is_dir()
+                              else None, "latency_fit.png", "predicted vs measured latency")):
+        if src is not None and Path(src).is_file():
+            shutil.copyfile(src, plots / name)
+            lines.append(f"![{title}](plots/{name})")
+    lines += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {sec:.0f} |" for name, sec in timings.items()]
+    lines += [f"| total (this invocation) | {total_s:.0f} |", ""]
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,39 @@
+"""The whole atb pipeline on the built-in demo data, as a user would run it, one tool after another:
+
+    pre-train a SuperPLM (2 ranks, DeepSpeed ZeRO-2) -> measure latency, fit the predictor -> search
+    3 latency targets -> develop the 3 picks (+ BERT-ratio baselines) in one run -> fine-tune each on
+    movie_sentiment -> runs/demo/report.md
+
+    make demo                                     # or: .venv/bin/python tools/demo.py
+    .venv/bin/python tools/demo.py --size micro   # a minutes-long smoke version (the end-to-end test)
+
+Each stage is skipped when its output already exists, so re-running is cheap and an interrupted demo
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atb.cli import run_cli
+
+
+@dataclass
+class DemoConfig:
+    """Run the whole atb pipeline on the built-in demo corpus and tasks."""
+
+    out_dir: str = "runs/demo"
+    size: str = "demo"  # demo (~12 min on 2 CPU cores) | micro (smoke test, ~2 min)
+    targets: str = "2x,4x,8x"  # speed-ups over the space's largest arch
+    task: str = "movie_sentiment"
+    ranks: int = 2
+
+
+def run(cfg: DemoConfig) -> None:
+    from atb.demo.pipeline import run_demo
+
+    run_demo(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(DemoConfig, run, prog="demo")
