@@ -64,16 +64,22 @@ def build_config(cls: type[C], values: dict[str, Any]) -> C:
 def run_cli(cls: type[C], run: Callable[[C], Any], prog: str | None = None) -> None:
     """One job, one dataclass: `python tools/x.py --field value ...`."""
     prog = prog or Path(sys.argv[0]).stem
-    fire.Fire(_entry(cls, run, prog), name=prog)
+    fire.Fire(_entry(cls, run, prog, _wants_help()), name=prog)
 
 
 def run_subcommands(commands: dict[str, tuple[type, Callable[[Any], Any]]], prog: str | None = None) -> None:
     """Several related jobs in one tool: `python tools/x.py <command> --field value ...`."""
     prog = prog or Path(sys.argv[0]).stem
-    fire.Fire({name: _entry(cls, run, f"{prog} {name}") for name, (cls, run) in commands.items()}, name=prog)
+    help_only = _wants_help()
+    fire.Fire({name: _entry(cls, run, f"{prog} {name}", help_only) for name, (cls, run) in commands.items()},
+              name=prog)
 
 
-def _entry(cls: type[C], run: Callable[[C], Any], prog: str) -> Callable[..., None]:
+def _wants_help() -> bool:
+    return any(arg in ("--help", "-h") for arg in sys.argv[1:])
+
+
+def _entry(cls: type[C], run: Callable[[C], Any], prog: str, help_only: bool = False) -> Callable[..., None]:
     def entry(**kwargs: Any) -> None:
         try:
             run(build_config(cls, kwargs))
@@ -83,6 +89,10 @@ def _entry(cls: type[C], run: Callable[[C], Any], prog: str) -> Callable[..., No
             sys.exit(2)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(cls).parameters.values()]
+    # fire would run the job with the flags it knows and only then complain about the others; taking them
+    # all lets build_config reject a mistyped flag before anything runs
+    if not help_only:  # (with **kwargs in the signature fire would take --help for a flag)
+        params.append(inspect.Parameter("unknown_flags", inspect.Parameter.VAR_KEYWORD))
     entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     entry.__doc__ = cls.__doc__
     return entry
