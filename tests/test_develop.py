@@ -39,7 +39,7 @@ def test_one_student_trains_exactly_like_the_arch_alone(corpus_and_tokenizer, su
     assert read_losses(dev) == read_losses(alone)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_two_students_two_ranks_resume_exactly(corpus_and_tokenizer, supernet, tmp_path, stage):  # noqa: F811
     kw = dict(archs=f"{ARCH_A};{ARCH_B}", ds_config=f"zero{stage}_fp32")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

