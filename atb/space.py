@@ -168,7 +168,7 @@ class SearchSpace:
         """A preset name (mlm, kd, demo, tiny, tiny_kd) or a path to a YAML/JSON spec file."""
         text = str(name_or_path)
         path = Path(text)
-        if path.suffix.lower() in {".yaml", ".yml", ".json"} or path.exists():
+        if path.suffix.lower() in {".yaml", ".yml", ".json"} or path.is_file():
             if not path.is_file():
                 raise SpaceError(f"space spec file {path} does not exist")
             try:

@@ -1,0 +1,87 @@
+"""What a fine-tuning run needs, as one typed dataclass (filled by tools/finetune.py or by callers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# files.py, like this module, imports only the standard library, so the CLI's input checks stay instant.
+from atb.finetune.files import task_dir
+
+TASK_TYPES = ("auto", "classification", "regression", "qa")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune an exported model folder on a GLUE-style or SQuAD-style task and report dev metrics."""
+
+    model: str = ""  # exported Hugging Face folder (vanilla bert or atb_tinybert)
+    task: str = ""  # folder with train/dev[/test] files, or a built-in task: movie_sentiment, sms_spam
+    out_dir: str = ""  # gets metrics.json and model/ (the fine-tuned model); must not exist unless --overwrite
+    task_type: str = "auto"  # auto | classification | regression | qa
+    text_columns: list[str] | None = None  # e.g. sentence, or sentence1,sentence2; auto-detected if unset
+    label_column: str | None = None  # auto: label, gold_label, Quality or score
+    columns: list[str] | None = None  # names of a headerless TSV/CSV's columns, in file order
+    has_header: bool | None = None  # TSV/CSV first row is a header; None = detect from the column names
+    train_file: str | None = None  # override the file found in --task (any of tsv/csv/jsonl/json[.gz])
+    dev_file: str | None = None
+    test_file: str | None = None  # evaluated too when it has labels
+    tokenizer: str | None = None  # tokenizer folder when the export has none
+    max_seq_len: int = 128
+    doc_stride: int = 32  # QA: tokens shared by consecutive windows over a long context
+    max_answer_len: int = 30  # QA: longest answer span in tokens
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 42
+    max_train_samples: int | None = None  # a seeded random subset of train, for speed
+    max_eval_samples: int | None = None  # the first N dev/test examples, for speed
+    ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
+    bf16: bool = False  # without DeepSpeed; with it the DeepSpeed config decides
+    report_to: str = "none"  # Trainer integrations, e.g. tensorboard or wandb
+    logging_steps: int = 50
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        for name in ("model", "out_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} is required")
+        if not self.task and not (self.train_file and self.dev_file):
+            raise ValueError("--task is required (a folder or a built-in task), or both --train_file and --dev_file")
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"--task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+        positive = {"max_seq_len": self.max_seq_len, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "epochs": self.epochs, "lr": self.lr,
+                    "max_answer_len": self.max_answer_len, "logging_steps": self.logging_steps}
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
+        if self.doc_stride < 0:
+            raise ValueError(f"--doc_stride must be >= 0, got {self.doc_stride}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("text_columns", "columns"):  # fire may hand over a tuple for "a,b"
+            value = getattr(self, name)
+            if isinstance(value, (tuple, str)):
+                setattr(self, name, [value] if isinstance(value, str) else list(value))
+        if self.text_columns is not None and not self.text_columns:
+            raise ValueError("--text_columns is empty; give one or two column names")
+        if self.text_columns is not None and len(self.text_columns) > 2:
+            raise ValueError(f"--text_columns takes one or two columns, got {self.text_columns}")
+
+
+def check_inputs(cfg: FinetuneConfig) -> None:
+    """The checks that need no heavy imports, so that a mistyped flag fails in a fraction of a second."""
+    cfg.validate()
+    if Path(cfg.out_dir).exists() and not cfg.overwrite:
+        raise FileExistsError(f"output folder {cfg.out_dir} already exists; choose another or pass --overwrite")
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {cfg.model} not found or has no config.json")
+    if cfg.task:
+        task_dir(cfg.task)

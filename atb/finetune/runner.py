@@ -1,0 +1,242 @@
+"""One fine-tuning run: task files + exported folder → Trainer → dev metrics, metrics.json and model/.
+
+The output folder appears complete or not at all: everything is written to `.<out_dir>.partial` beside
+it and renamed at the end. The staging name is fixed (not random) so that every rank of a distributed
+run (DeepSpeed or torchrun) saves into the same place; only the main process writes files of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from atb.cli import config_record
+from atb.finetune import classification, qa
+from atb.finetune.config import FinetuneConfig, check_inputs
+from atb.finetune.tasks import Task, load_task, subsample
+from atb.fsutil import write_json_atomic
+
+ARCH_JSON = "atb_arch.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune `cfg.model` on `cfg.task`; returns what it writes to `<out_dir>/metrics.json`."""
+    check_inputs(cfg)
+    out_dir, model_dir = Path(cfg.out_dir), Path(cfg.model)
+    task = load_task(cfg)
+    if task.task_type == "qa":
+        qa.check_window(cfg.max_seq_len, cfg.doc_stride)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    if os.environ.get("RANK", "0") == "0" and staging.exists():  # left by a crashed run
+        shutil.rmtree(staging)
+    deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
+
+    tokenizer = _load_tokenizer(cfg, model_dir)
+    set_seed(cfg.seed)  # the new head's initial weights
+    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len)
+    params = sum(p.numel() for p in model.parameters())
+
+    train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
+    eval_examples = {s: subsample(d, cfg.max_eval_samples, None) for s, d in task.splits.items() if s != "train"}
+    if task.task_type == "qa":
+        train_features = qa.encode_train(train_examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
+    else:
+        train_features = classification.encode(train_examples, tokenizer, cfg.max_seq_len)
+
+    args = TrainingArguments(
+        output_dir=str(staging / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
+        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
+        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_features,
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    started = time.perf_counter()
+    train_output = trainer.train()
+    train_time = time.perf_counter() - started
+
+    started = time.perf_counter()
+    results, qa_predictions = {}, {}
+    for split, examples in eval_examples.items():
+        if task.task_type == "qa":
+            results[split], qa_predictions[split] = _evaluate_qa(trainer, examples, tokenizer, cfg)
+        else:
+            results[split] = _evaluate_text(trainer, task, examples, tokenizer, cfg.max_seq_len)
+    eval_time = time.perf_counter() - started
+
+    record = {
+        "task": task.name,
+        "task_type": task.task_type,
+        "files": {s: str(p.resolve()) for s, p in task.files.items()},
+        "model": str(model_dir.resolve()),
+        **_provenance(model_dir),
+        "params": params,
+        "text_columns": task.text_columns,
+        "label_column": task.label_column,
+        "labels": task.label_names,
+        "sizes": {"train": len(task.splits["train"]), "train_used": len(train_examples),
+                  "train_features": len(train_features),
+                  **{s: len(task.splits[s]) for s in eval_examples},
+                  **{f"{s}_used": len(d) for s, d in eval_examples.items()}},
+        **results,
+        **({"majority_baseline": _baseline(task, eval_examples)} if task.task_type == "classification" else {}),
+        "train": {"loss": train_output.training_loss, "steps": train_output.global_step, "epochs": cfg.epochs,
+                  "time_s": round(train_time, 2)},
+        "eval_time_s": round(eval_time, 2),
+        "notes": task.notes,
+        **config_record(cfg),
+    }
+    trainer.save_model(str(staging / "model"))  # collective under ZeRO-3: every rank takes part
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        _finish_model_folder(staging / "model", model_dir)
+        for split, answers in qa_predictions.items():
+            write_json_atomic(staging / f"predictions_{split}.json", answers)
+        write_json_atomic(staging / "metrics.json", record)
+        trainer_dir = staging / "trainer"
+        if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
+            trainer_dir.rmdir()
+        _publish(staging, out_dir)
+    trainer.accelerator.wait_for_everyone()
+    return record
+
+
+def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
+    source = Path(cfg.tokenizer) if cfg.tokenizer else model_dir
+    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+        hint = "" if cfg.tokenizer else "; pass --tokenizer <folder>"
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}{hint}")
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
+
+
+def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
+                         f"{config.vocab_size}: they do not belong together")
+    if max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max_seq_len {max_seq_len} exceeds the model's {config.max_position_embeddings} positions")
+    if task.task_type == "qa":
+        return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=True)
+    if task.task_type == "regression":
+        head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        names = task.label_names or []
+        head = {"num_labels": len(names), "problem_type": "single_label_classification",
+                "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True, **head)
+
+
+def _evaluate_text(trainer: Trainer, task: Task, examples: datasets.Dataset, tokenizer: Any,
+                   max_seq_len: int) -> dict[str, float]:
+    output = trainer.predict(classification.encode(examples, tokenizer, max_seq_len))
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return classification.score(task.task_type, logits, np.asarray(examples["label"]), len(task.label_names or []))
+
+
+def _evaluate_qa(trainer: Trainer, examples: datasets.Dataset, tokenizer: Any,
+                 cfg: FinetuneConfig) -> tuple[dict[str, float], dict[str, str]]:
+    features = qa.encode_eval(examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
+    output = trainer.predict(features.remove_columns(["example_id", "offset_mapping"]))
+    start_logits, end_logits = output.predictions[:2]
+    answers = qa.predict_answers(examples, features, start_logits, end_logits, cfg.max_answer_len)
+    return qa.score(examples, answers), answers
+
+
+def _baseline(task: Task, eval_examples: dict[str, datasets.Dataset]) -> dict[str, Any]:
+    num_labels = len(task.label_names or [])
+    train_labels = task.splits["train"]["label"]
+    result: dict[str, Any] = {}
+    for split, examples in eval_examples.items():
+        label, scores = classification.majority_baseline(train_labels, examples["label"], num_labels)
+        result["label"] = (task.label_names or [])[label]
+        result[split] = scores
+    return result
+
+
+def _provenance(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / ARCH_JSON
+    if not path.is_file():
+        return {}
+    arch = json.loads(path.read_text())
+    return {key: arch[key] for key in ("arch", "arch_name", "format") if key in arch}
+
+
+def _finish_model_folder(folder: Path, source: Path) -> None:
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
+    if (source / ARCH_JSON).is_file():
+        shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename the finished folder into place; an old one is moved aside first, so one always survives."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _report_to(value: str) -> str | list[str]:
+    names = [v.strip() for v in str(value).split(",") if v.strip()]
+    return "none" if not names or names == ["none"] else names
+
+
+def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DeepSpeed config for TrainingArguments, and the arguments that must agree with it.
+
+    transformers fills the config's "auto" values from TrainingArguments and rejects any concrete value
+    that disagrees with them, so precision and Adam's eps/betas are taken from the config. atb's own
+    "torch_adam": "auto" becomes True on CPU (FusedAdam needs a GPU and a 40 s build), and ZeRO-3 is
+    always told to gather the weights when saving (overriding the config) so that model/ holds a model
+    that transformers loads.
+    """
+    from atb.train import ds_config as ds
+    from atb.train.distributed import accelerator_name, init_distributed
+
+    path = ds.resolve_path(name)
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {err}") from None
+    init_distributed()
+    on_cpu = accelerator_name() == "cpu"
+    optimizer_params = config.get("optimizer", {}).get("params", {})
+    if optimizer_params.get("torch_adam") == "auto":
+        optimizer_params["torch_adam"] = on_cpu
+    if ds.zero_stage(config) == 3:  # else save_model writes a sharded DeepSpeed checkpoint, not a model
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    precision = ds.precision(config)
+    overrides: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if isinstance(optimizer_params.get("eps"), (int, float)):
+        overrides["adam_epsilon"] = float(optimizer_params["eps"])
+    betas = optimizer_params.get("betas")
+    if isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas):
+        overrides["adam_beta1"], overrides["adam_beta2"] = map(float, betas)
+    return config, overrides

@@ -1,0 +1,31 @@
+"""Fine-tune an exported model folder on a GLUE-style or SQuAD v1.1 task and report dev metrics.
+
+    python tools/finetune.py --model models/a --task movie_sentiment --out_dir runs/ft/a
+    python tools/finetune.py --model models/a --task data/mrpc --out_dir runs/ft/mrpc        # GLUE TSVs
+    python tools/finetune.py --model models/a --task data/squad --max_seq_len 384 --doc_stride 128 \
+        --out_dir runs/ft/squad                                    # train-v1.1.json / dev-v1.1.json
+    deepspeed --num_gpus 8 tools/finetune.py --ds_config zero2_bf16 --model models/a --task ... --out_dir ...
+
+Writes <out_dir>/metrics.json (dev metrics, majority-class baseline, sizes, timings, config) and
+<out_dir>/model (the fine-tuned model, safetensors, loadable with transformers + trust_remote_code).
+"""
+
+from __future__ import annotations
+
+import json
+
+from atb.cli import run_cli
+from atb.finetune import FinetuneConfig, finetune
+
+
+def run(cfg: FinetuneConfig) -> None:
+    record = finetune(cfg)
+    summary = {split: record[split] for split in ("dev", "test") if split in record}
+    if "majority_baseline" in record:
+        summary["majority_baseline"] = record["majority_baseline"]
+    print(json.dumps(summary, indent=2))
+    print(f"fine-tuned {record['task']} ({record['task_type']}) -> {cfg.out_dir}")
+
+
+if __name__ == "__main__":
+    run_cli(FinetuneConfig, run, prog="finetune")
