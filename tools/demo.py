@@ -26,6 +26,7 @@ class DemoConfig:
     size: str = "demo"  # demo (~12 min on 2 CPU cores) | micro (smoke test, ~2 min)
     targets: str = "2x,4x,8x"  # speed-ups over the space's largest arch
     task: str = "movie_sentiment"
+    corpus: str = "demo"  # pre-training corpus (the built-in one by default)
     ranks: int = 2
 
 

@@ -31,6 +31,8 @@ class Sizes:
     finetune_epochs: float
     finetune_train: int
     finetune_eval: int
+    latency_flags: tuple = ()  # extra `latency measure` / `fit` flags (the micro size times less carefully)
+    fit_flags: tuple = ()
     space: str = "demo"
 
 
@@ -38,9 +40,11 @@ SIZES = {
     "demo": Sizes(pretrain_steps=300, micro_batch=16, seq_len=128, latency_archs=40, search_preset="tiny",
                   search_generations=4, dev_batches=4, develop_steps=100, finetune_epochs=2.0, finetune_train=4000,
                   finetune_eval=1063),
-    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, latency_archs=8, search_preset="tiny",
+    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, latency_archs=6, search_preset="tiny",
                    search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0, finetune_train=64,
-                   finetune_eval=64),
+                   finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32,
+                                                         "--probe", "false"),
+                   fit_flags=("--ensemble", 1, "--steps", 200)),
 }
 
 
@@ -91,7 +95,8 @@ class Stages:
     def pretrain(self) -> None:
         s = self.sizes
         threads = max(1, (os.cpu_count() or 2) // self.cfg.ranks)
-        tool("pretrain", "--out_dir", self.out / "pretrain", "--space", s.space, "--ds_config", "zero2_bf16",
+        tool("pretrain", "--out_dir", self.out / "pretrain", "--space", s.space, "--corpus", self.cfg.corpus,
+             "--data_cache", self.out / "data_cache", "--ds_config", "zero2_bf16",
              "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 1e-3,
              "--warmup_steps", max(1, s.pretrain_steps // 10), "--save_every", s.pretrain_steps,
              "--log_every", max(1, s.pretrain_steps // 50), "--report_to", "tensorboard",
@@ -99,15 +104,16 @@ class Stages:
 
     def latency(self) -> None:
         s, lat = self.sizes, self.out / "latency"
-        tool("latency", "measure", "--space", s.space, "--num_archs", s.latency_archs, "--out", lat / "table.jsonl",
-             "--seq", 128, "--threads", 1)
-        tool("latency", "fit", "--table", lat / "table.jsonl", "--out", lat / "predictor")
+        tool("latency", "measure", "--space", s.space, "--n", s.latency_archs, "--out", lat / "table.jsonl",
+             "--threads", 1, *(s.latency_flags or ("--seq", 128)))
+        tool("latency", "fit", "--table", lat / "table.jsonl", "--out", lat / "predictor", *s.fit_flags)
 
     def search(self) -> None:
         s = self.sizes
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
              self.out / "latency" / "predictor", "--targets", self.cfg.targets, "--out_dir", self.out / "search",
-             "--preset", s.search_preset, "--generations", s.search_generations, "--dev_batches", s.dev_batches,
+             "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
+             "--dev_batches", s.dev_batches,
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
 
     def develop(self) -> None:
@@ -117,6 +123,7 @@ class Stages:
         picks = self.out / "develop_picks.json"
         picks_with_baselines(self.out / "search" / "results.json", self.out / "latency" / "predictor", s.space, picks)
         tool("develop", "--supernet", self.out / "pretrain" / "supernet", "--results", picks,
+             "--corpus", self.cfg.corpus, "--data_cache", self.out / "data_cache",
              "--predictor", self.out / "latency" / "predictor", "--out_dir", self.out / "develop",
              "--steps", s.develop_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 5e-4,
              "--warmup_steps", max(1, s.develop_steps // 10), "--save_every", s.develop_steps,

@@ -17,6 +17,7 @@ class TrainConfig:
     seq_len: int = 128
     dev_fraction: float = 0.01
     num_proc: int = 1  # processes for tokenisation (datasets.map)
+    data_cache: str = ""  # tokenised-corpus cache (default <out_dir>/data_cache); jobs on one corpus can share it
     dropout: float = 0.1
     objective: str = "mlm"  # mlm | kd
     teacher: str | None = None  # transformers encoder folder (kd)

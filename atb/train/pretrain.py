@@ -72,7 +72,9 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         name="pretrain", module=module, loss=loss, describe_step=describe,
         evaluate=lambda engine: evaluate_dev(engine, dev, [model.space.largest(), model.space.smallest()], teacher, env),
         checkpoint_record={"supernet_config": model.config.to_dict(), "objective": cfg.objective,
-                           "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len},
+                           "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len,
+                           # what later jobs need to hold out exactly the same dev blocks
+                           "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed},
         finish=lambda engine, ckpt_dir: export_supernet(ckpt_dir, out / "supernet", env),
     )
     return run_session(cfg, env, tokenizer, blocks, job, config)

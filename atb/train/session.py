@@ -52,12 +52,12 @@ def prepare_data(cfg: TrainConfig, env: DistEnv, out: Path):
             train_wordpiece(corpus, cfg.train_tokenizer_vocab, tok_dir)
         tokenizer = load_tokenizer(str(tok_dir) if cfg.train_tokenizer_vocab > 0 else cfg.tokenizer)
         blocks = build_blocks(corpus, tokenizer, cfg.seq_len, cfg.dev_fraction, cfg.seed, cfg.num_proc,
-                              cache_dir=str(out / "data_cache"))
+                              cache_dir=cfg.data_cache or str(out / "data_cache"))
     barrier()
     if not env.is_main:
         tokenizer = load_tokenizer(str(tok_dir) if cfg.train_tokenizer_vocab > 0 else cfg.tokenizer)
         blocks = build_blocks(corpus, tokenizer, cfg.seq_len, cfg.dev_fraction, cfg.seed, cfg.num_proc,
-                              cache_dir=str(out / "data_cache"))
+                              cache_dir=cfg.data_cache or str(out / "data_cache"))
     return tokenizer, blocks
 
 

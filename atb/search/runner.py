@@ -1,0 +1,190 @@
+"""`tools/search.py`: from a SuperPLM checkpoint to results.json, on 1..N ranks.
+
+Start-up order matters for N ranks: rank 0 consolidates a DeepSpeed checkpoint once into
+`<out_dir>/supernet` while the others wait, then every rank loads those weights once and builds the same
+dev batches; after that, ranks meet only to receive work and return scores (see loop.py).
+
+Same seed, same result on any number of ranks: each candidate is scored by one rank on the same weights
+and batches. Bitwise equality assumes the same threads per rank (torchrun sets OMP_NUM_THREADS=1 for
+several ranks; set it for a single-rank run you want to compare) and deterministic kernels (CPU; on GPU
+cuBLAS may differ in the last bits, which only matters for near-ties).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atb.search.config import SearchConfig
+from atb.search.evolution import Proposer
+from atb.search.loop import LoopSpec, run_search_loop
+from atb.search.parallel import Comm, LocalComm, TorchComm
+from atb.search.targets import LatencyOracle, load_predictor, resolve_targets
+
+CONSOLIDATED = "supernet"
+
+
+def start_ranks() -> tuple[Comm, torch.device]:
+    """torch.distributed under a launcher; a plain process needs no process group at all."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ:
+        from atb.train.distributed import init_distributed
+
+        env = init_distributed()
+        return TorchComm(), env.device
+    return LocalComm(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def checkpoint_step(path: Path) -> Any:
+    """The step a DeepSpeed checkpoint directory (root or tag folder) holds, from its completion record."""
+    from atb.train.checkpointing import validate
+    from atb.train.consolidate import resolve
+
+    root, tag = resolve(path)
+    return validate(root / tag).get("step")
+
+
+def consolidated_from(folder: Path) -> tuple[Any, Any]:
+    """(source checkpoint, step) an earlier run consolidated into `folder`; (None, None) if none did."""
+    from atb.fsutil import read_json
+    from atb.model.supernet_io import SUPERNET_JSON
+
+    if not (folder / SUPERNET_JSON).is_file():
+        return None, None
+    meta = read_json(folder / SUPERNET_JSON, "SuperPLM config").get("meta", {})
+    return meta.get("source_checkpoint"), meta.get("step")
+
+
+def load_weights(checkpoint: str, out_dir: Path, comm: Comm):
+    """(model, meta, folder): every rank loads a SuperPLM folder; a DeepSpeed checkpoint is consolidated into
+    one by rank 0 first (with the KD projection beside it, when the checkpoint trained one)."""
+    from atb.model.supernet_io import is_supernet_folder, load_supernet, save_supernet
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
+    if is_supernet_folder(path):
+        return (*load_supernet(path), path)
+    folder = out_dir / CONSOLIDATED
+    error = None
+    if comm.rank == 0:
+        try:
+            source = str(path.resolve())
+            if consolidated_from(folder) != (source, checkpoint_step(path)):  # a resumed search skips this
+                model, meta = load_supernet(path)
+                save_supernet(model, folder, meta={**meta, "source_checkpoint": source}, overwrite=True)
+                if meta.get("objective") == "kd":
+                    from atb.evaluate import save_kd_projection
+
+                    save_kd_projection(path, folder)
+        except Exception as err:  # tell the waiting ranks
+            error = err
+    message = comm.broadcast(str(error) if error else "")
+    if error:
+        raise error
+    if message:
+        raise ValueError(f"rank 0 could not consolidate {path}: {message}")
+    return (*load_supernet(folder), folder)
+
+
+def tokenizer_path(cfg: SearchConfig, meta: dict[str, Any]) -> str:
+    path = cfg.tokenizer or meta.get("tokenizer")
+    if not path:
+        raise ValueError("the checkpoint does not name its tokenizer; pass --tokenizer")
+    if path == "demo":
+        from atb.data.tokenizer import demo_tokenizer_path
+
+        return demo_tokenizer_path()
+    return str(path)
+
+
+def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path, device: torch.device, out_dir: Path,
+                  rank: int):
+    if cfg.fitness == "finetune":
+        from atb.evaluate import QuickFinetuneFitness
+
+        work_dir = out_dir / "finetune_work" / f"rank{rank}"
+        return QuickFinetuneFitness(weights, tokenizer_path(cfg, meta), cfg.task, work_dir, space=model.space,
+                                    epochs=cfg.finetune_epochs, max_train_samples=cfg.finetune_train_samples,
+                                    max_eval_samples=cfg.finetune_eval_samples, seed=cfg.seed,
+                                    max_seq_len=cfg.seq_len or int(meta.get("seq_len", 128)),
+                                    device_index=device.index if device.type == "cuda" else None)
+    from atb.evaluate import (
+        DevLossFitness,
+        load_dev_batches,
+        load_kd_projection,
+        read_dev_batches,
+    )
+
+    if cfg.dev_data:
+        batches = read_dev_batches(cfg.dev_data, cfg.dev_batches)
+    else:
+        seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
+        from atb.data import load_tokenizer
+
+        batches = load_dev_batches(cfg.corpus, load_tokenizer(tokenizer_path(cfg, meta)), seq_len, cfg.dev_fraction,
+                                   cfg.data_seed, cfg.batch_size, cfg.dev_batches,
+                                   cache_dir=str(out_dir / "data_cache"))
+    teacher = projection = None
+    if cfg.fitness == "kd":
+        from atb.train.objectives import Teacher, check_teacher_fits
+
+        teacher = Teacher.load(cfg.teacher, device, torch.float32)
+        check_teacher_fits(teacher, model)
+        projection = load_kd_projection(weights)
+        if projection is None:
+            import warnings
+
+            warnings.warn(f"{weights} carries no trained KD projection: the KD fitness uses the attention term alone "
+                          "(pass the DeepSpeed checkpoint dir, which holds the projection, for the hidden-state term)")
+    return DevLossFitness(model, batches, device, cfg.fitness, teacher, projection)
+
+
+def fingerprint(cfg: SearchConfig, proposer: Proposer, space_spec: dict, meta: dict[str, Any], fitness_name: str):
+    """Settings that change what a score means or which archs are proposed; resuming must match them."""
+    settings = proposer.settings.to_dict()
+    if proposer.method == "evolution":
+        settings.pop("generations")  # a finished evolution may be continued for more generations
+    return {
+        "method": proposer.method, "settings": settings, "budget": proposer.budget if proposer.method != "evolution"
+        else None, "seed": cfg.seed, "targets": [t.to_dict() for t in proposer.targets],
+        "space": space_spec, "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.get("step"),
+        "predictor": cfg.predictor, "fitness": fitness_name,
+        "data": {k: getattr(cfg, k) for k in ("dev_data", "corpus", "tokenizer", "seq_len", "dev_fraction", "data_seed",
+                                              "batch_size", "dev_batches", "teacher", "task", "finetune_epochs",
+                                              "finetune_train_samples", "finetune_eval_samples")},
+    }
+
+
+def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
+    """Run or resume a search; returns results.json's content on rank 0."""
+    cfg.validate()
+    comm, device = start_ranks()
+    out_dir = Path(cfg.out_dir)
+    model, meta, weights = load_weights(cfg.checkpoint, out_dir, comm)
+    model = model.to(device).eval()
+    space = model.space
+    seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
+    predictor = load_predictor(cfg.predictor, seq_len)
+    oracle = LatencyOracle(predictor)
+    targets = resolve_targets(cfg.target_list(), predictor, space, cfg.band(), oracle)
+    fitness = build_fitness(cfg, model, meta, weights, device, out_dir, comm.rank)
+    proposer = Proposer(cfg.method, cfg.evolution_settings(), space, targets, oracle, fitness.higher_is_better,
+                        budget=cfg.budget)
+    info = {"method": cfg.method, "fitness": {"name": fitness.name, "higher_is_better": fitness.higher_is_better},
+            "settings": proposer.settings.to_dict(), "band": [cfg.band_low, cfg.band_high], "seed": cfg.seed,
+            "space": space.name, "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.get("step"),
+            "predictor": cfg.predictor, "latency_units": getattr(predictor, "units", "ms"), "config": asdict(cfg)}
+    spec = LoopSpec(out_dir=out_dir, seed=cfg.seed, fingerprint=fingerprint(cfg, proposer, space.to_spec(), meta,
+                                                                            fitness.name),
+                    info=info, stop_after_generation=cfg.stop_after_generation, seq_len=seq_len,
+                    vocab_size=model.config.vocab_size, progress=cfg.progress, plot=cfg.plot)
+    state = run_search_loop(spec, proposer, fitness, comm)
+    if state is None:
+        return None
+    from atb.fsutil import read_json
+
+    return read_json(out_dir / "results.json", "search results")
