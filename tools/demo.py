@@ -24,7 +24,7 @@ class DemoConfig:
 
     out_dir: str = "runs/demo"
     size: str = "demo"  # demo (~12 min on 2 CPU cores) | micro (smoke test, ~2 min)
-    targets: str = "2x,4x,8x"  # speed-ups over the space's largest arch
+    targets: str = ""  # speed-ups over the space's largest arch (default: 2x,4x,8x; micro: 1.5x,2x,3x)
     task: str = "movie_sentiment"
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)
     ranks: int = 2

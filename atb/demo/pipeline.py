@@ -33,6 +33,7 @@ class Sizes:
     finetune_eval: int
     latency_flags: tuple = ()  # extra `latency measure` / `fit` flags (the micro size times less carefully)
     fit_flags: tuple = ()
+    targets: str = "2x,4x,8x"  # speed-ups over the largest arch; reachable at this size's sequence length
     space: str = "demo"
 
 
@@ -44,7 +45,7 @@ SIZES = {
                    search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0, finetune_train=64,
                    finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32,
                                                          "--probe", "false"),
-                   fit_flags=("--ensemble", 1, "--steps", 200)),
+                   fit_flags=("--ensemble", 1, "--steps", 200), targets="1.5x,2x,3x"),
 }
 
 
@@ -111,7 +112,7 @@ class Stages:
     def search(self) -> None:
         s = self.sizes
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
-             self.out / "latency" / "predictor", "--targets", self.cfg.targets, "--out_dir", self.out / "search",
+             self.out / "latency" / "predictor", "--targets", self.cfg.targets or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
              "--dev_batches", s.dev_batches,
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
