@@ -1,10 +1,10 @@
 """Numbers that explain an arch's latency, computed from its five fields and the input shape.
 
-A BERT forward is a stack of identical layers, each a few GEMMs (qkv, out-projection, two FFN matrices:
-cost ~ seq * hidden * (qkv + ffn)), an attention core (~ seq² * qkv), and per-layer fixed costs (kernel
-launches, LayerNorm, python). Features are logs of these terms, so a linear model over them is a power
-law (latency ~ layers¹ falls out naturally) and extrapolates sanely to a reference arch outside the space.
-Each feature is named; a saved predictor lists the names it was trained on and recomputes them on load.
+A BERT forward is an embedding step plus a stack of identical layers, each a few GEMMs (qkv,
+out-projection, two FFN matrices: cost ~ seq * hidden * (qkv + ffn)), an attention core (~ seq² * qkv),
+and per-layer fixed costs (kernel launches, LayerNorm, python). Features are logs of these terms, so a
+linear function of them is a power law in the dims. Each feature is named; a saved predictor lists the
+names it was trained on and recomputes them on load.
 """
 
 from __future__ import annotations
@@ -45,27 +45,28 @@ def arch_params(a: Arch, vocab_size: int = 30522) -> int:
 
 FeatureFn = Callable[[Arch, int, int], float]
 
-FEATURES: dict[str, FeatureFn] = {
-    "log_layers": lambda a, b, s: math.log(a.layers),
+# What one layer costs depends on its widths; how many layers there are multiplies it. The predictor
+# keeps that structure, so its per-layer part sees only these (logs of dims and of the work they imply).
+LAYER_FEATURES: dict[str, FeatureFn] = {
     "log_hidden": lambda a, b, s: math.log(a.hidden),
-    "log_heads": lambda a, b, s: math.log(a.heads),
     "log_qkv": lambda a, b, s: math.log(a.qkv),
+    "log_heads": lambda a, b, s: math.log(a.heads),
     "log_ffn": lambda a, b, s: math.log(a.ffn),
     "log_head_dim": lambda a, b, s: math.log(a.qkv / a.heads),
-    "log_flops": lambda a, b, s: math.log(arch_flops(a, b, s)),
-    "log_matmul_macs": lambda a, b, s: math.log(b * a.layers * layer_matmul_macs(a, s)),
-    "log_attention_macs": lambda a, b, s: math.log(b * a.layers * layer_attention_macs(a, s)),
-    "log_layer_width": lambda a, b, s: math.log(b * s * a.layers * a.hidden),  # norms, residuals, GELU
-    "log_layer_heads": lambda a, b, s: math.log(a.layers * a.heads),  # per-head attention overheads
-    "vanilla": lambda a, b, s: float(a.is_vanilla_bert),  # exported as transformers BertModel
-    "vanilla_layers": lambda a, b, s: float(a.is_vanilla_bert) * a.layers,
+    "log_layer_matmul_macs": lambda a, b, s: math.log(b * layer_matmul_macs(a, s)),
+    "log_layer_attention_macs": lambda a, b, s: math.log(b * layer_attention_macs(a, s)),
+    "vanilla": lambda a, b, s: float(a.is_vanilla_bert),  # exported as transformers BertModel: other code
 }
-DEFAULT_FEATURES = tuple(FEATURES)
+# Once per forward: embeddings (a gather and a LayerNorm of width hidden) and the model's python overhead.
+FIXED_FEATURES: dict[str, FeatureFn] = {
+    "log_hidden": LAYER_FEATURES["log_hidden"],
+    "vanilla": LAYER_FEATURES["vanilla"],
+}
 
 
-def feature_matrix(archs: list[Arch], batch: int, seq: int, names: tuple[str, ...] | list[str] = DEFAULT_FEATURES
-                   ) -> np.ndarray:
-    unknown = [n for n in names if n not in FEATURES]
+def feature_matrix(archs: list[Arch], batch: int, seq: int, names: list[str] | tuple[str, ...],
+                   registry: dict[str, FeatureFn] = LAYER_FEATURES) -> np.ndarray:
+    unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ValueError(f"unknown latency feature(s) {unknown}; known: {sorted(FEATURES)}")
-    return np.array([[FEATURES[n](a, batch, seq) for n in names] for a in archs], dtype=np.float64)
+        raise ValueError(f"unknown latency feature(s) {unknown}; known: {sorted(registry)}")
+    return np.array([[registry[n](a, batch, seq) for n in names] for a in archs], dtype=np.float64)

@@ -5,9 +5,14 @@ a TinyBertModel otherwise), never on the sliced supernet, whose slicing and mask
 every number. Only the encoder (`model.bert`) is timed: the MLM head is not part of a deployed
 classifier/QA model. Weights are freshly initialised; their values do not change the work done.
 
-The CPU is a shared, noisy resource: each measurement warms up, disables the garbage collector while
-timing, repeats at least `repeats` times (more for fast models, until `min_time_s` of timed work), and
-reports the median with p10/p90, which a short burst from another process cannot move much.
+Each measurement warms up, disables the garbage collector while timing, repeats at least `repeats` times
+(more for fast models, until `min_time_s` of timed work) and reports the median with p10/p90. On a CPU
+shared with other jobs two more defences keep the numbers those of a quiet machine:
+- with one thread (the paper's setting) the clock is the thread's CPU time: on a dedicated core it equals
+  the wall time of a forward that never blocks, and on a shared one it leaves out the time the scheduler
+  gave the core to someone else (clock="wall" restores wall time; rows keep both medians);
+- every forward is normalised by a small reference probe timed right before and after it
+  (`contention.py`), which cancels slowdowns from cache and memory contention or a busy host.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import torch
 
+from atb.latency import contention
 from atb.model.elastic import SuperBertConfig
 from atb.model.extract import new_masked_lm
 from atb.space import Arch
@@ -37,6 +43,8 @@ class MeasureSettings:
     batch: int = 1
     seq: int = 128
     dtype: str = "float32"
+    clock: str = "auto"  # "cpu" (thread CPU time, 1 thread only), "wall", or "auto": cpu when it applies
+    probe: bool = True  # CPU: normalise each forward by a reference probe (contention.py)
     warmup: int = 5
     repeats: int = 20  # minimum number of timed forwards
     min_time_s: float = 0.2  # fast models repeat until this much time has been timed ...
@@ -54,11 +62,28 @@ class MeasureSettings:
             raise ValueError("warmup and min_time_s must be >= 0")
         if self.max_repeats < self.repeats:
             raise ValueError(f"max_repeats ({self.max_repeats}) must be >= repeats ({self.repeats})")
+        if self.clock not in ("auto", "cpu", "wall"):
+            raise ValueError(f"clock must be 'auto', 'cpu' or 'wall', got {self.clock!r}")
+        if self.clock == "cpu" and (self.device != "cpu" or self.threads != 1):
+            raise ValueError("clock='cpu' (thread CPU time) is only a latency for device=cpu with threads=1")
+
+    @property
+    def resolved_clock(self) -> str:
+        if self.device != "cpu":
+            return "cuda_events"
+        if self.clock == "auto":
+            return "cpu" if self.threads == 1 else "wall"
+        return self.clock
+
+    @property
+    def uses_probe(self) -> bool:
+        return self.probe and self.device == "cpu"
 
     def identity(self) -> dict[str, Any]:
         """The settings that change what a latency means; rows that differ here cannot share a table."""
         return {"device": self.device, "threads": self.threads if self.device == "cpu" else None,
-                "batch": self.batch, "seq": self.seq, "dtype": self.dtype}
+                "batch": self.batch, "seq": self.seq, "dtype": self.dtype, "clock": self.resolved_clock,
+                "probe": self.uses_probe}
 
 
 @dataclass
@@ -70,6 +95,11 @@ class Measurement:
     mean_ms: float
     repeats: int
     times_ms: list[float] = field(repr=False, default_factory=list)
+    other_load: float | None = None  # cores other processes used while timing (contention.py)
+    raw_median_ms: float | None = None  # before probe normalisation
+    wall_median_ms: float | None = None  # wall-clock median of the same forwards
+    probe_ms: float | None = None  # the probe's quiet time the normalisation used
+    slowdown: float | None = None  # median probe time while measuring / its quiet time
 
     @property
     def relative_spread(self) -> float:
@@ -90,11 +120,11 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def summarize(times_ms: list[float]) -> Measurement:
+def summarize(times_ms: list[float], **extra: Any) -> Measurement:
     ordered = sorted(times_ms)
     return Measurement(median_ms=statistics.median(ordered), p10_ms=_quantile(ordered, 0.1),
                        p90_ms=_quantile(ordered, 0.9), min_ms=ordered[0], mean_ms=statistics.fmean(ordered),
-                       repeats=len(ordered), times_ms=list(times_ms))
+                       repeats=len(ordered), times_ms=list(times_ms), **extra)
 
 
 def cpu_name() -> str:
@@ -143,14 +173,13 @@ def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
     input_ids = torch.randint(1, model_config.vocab_size, (settings.batch, settings.seq), generator=g)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
               "token_type_ids": torch.zeros_like(input_ids).to(device)}
-    try:
-        if device.type == "cuda":
-            times = _time_cuda(encoder, inputs, settings)
-        else:
-            times = _time_cpu(encoder, inputs, settings)
-    finally:
-        del encoder
-    return summarize(times)
+    before = contention.snapshot()
+    if device.type == "cuda":
+        times, extra = _time_cuda(encoder, inputs, settings), {}
+    else:
+        times, extra = _time_cpu(encoder, inputs, settings)
+    load = contention.other_load(before, contention.snapshot())
+    return summarize(times, other_load=None if load is None else round(load, 4), **extra)
 
 
 def _enough(times: list[float], settings: MeasureSettings) -> bool:
@@ -159,26 +188,46 @@ def _enough(times: list[float], settings: MeasureSettings) -> bool:
     return len(times) >= settings.repeats and sum(times) >= settings.min_time_s * 1000.0
 
 
-def _time_cpu(encoder: torch.nn.Module, inputs: dict[str, torch.Tensor], settings: MeasureSettings) -> list[float]:
+def _time_cpu(encoder: torch.nn.Module, inputs: dict[str, torch.Tensor], settings: MeasureSettings
+              ) -> tuple[list[float], dict[str, Any]]:
+    """Forwards alternate with probe forwards; each is scaled by the probe's quiet/now ratio around it."""
+    clock = time.thread_time if settings.resolved_clock == "cpu" else time.perf_counter
     previous_threads = torch.get_num_threads()
     gc_was_enabled = gc.isenabled()
     torch.set_num_threads(settings.threads)
     try:
+        probe = contention.shared_probe(settings.resolved_clock, clock) if settings.uses_probe else None
         with torch.inference_mode():
             for _ in range(settings.warmup):
                 encoder(**inputs)
             gc.collect()
             gc.disable()
-            times: list[float] = []
-            while not _enough(times, settings):
-                start = time.perf_counter()
+            raw: list[float] = []
+            wall: list[float] = []
+            probe_around: list[float] = []
+            probe_before = probe.time_once() if probe else 0.0
+            while not _enough(raw, settings):
+                start_wall, start = time.perf_counter(), clock()
                 encoder(**inputs)
-                times.append((time.perf_counter() - start) * 1000.0)
+                raw.append((clock() - start) * 1000.0)
+                wall.append((time.perf_counter() - start_wall) * 1000.0)
+                if probe is not None:
+                    probe_after = probe.time_once()
+                    probe_around.append((probe_before + probe_after) / 2)
+                    probe_before = probe_after
     finally:
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(previous_threads)
-    return times
+    extra: dict[str, Any] = {"raw_median_ms": round(statistics.median(raw), 5),
+                             "wall_median_ms": round(statistics.median(wall), 5)}
+    if probe is None:
+        return raw, extra
+    contention.remember_quiet(probe)
+    quiet = probe.quiet_ms  # final value: the quietest the probe has been, this arch's window included
+    normalised = [t * quiet / p for t, p in zip(raw, probe_around)]
+    extra.update(probe_ms=round(quiet, 5), slowdown=round(statistics.median(probe_around) / quiet, 4))
+    return normalised, extra
 
 
 def _time_cuda(encoder: torch.nn.Module, inputs: dict[str, torch.Tensor], settings: MeasureSettings) -> list[float]:

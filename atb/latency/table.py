@@ -112,6 +112,14 @@ def check_consistent(rows: list[dict[str, Any]], path: str | Path, settings: dic
 
 
 def latencies(rows: list[dict[str, Any]], statistic: str = "median_ms") -> tuple[list[Arch], list[float]]:
+    """Archs and their latency; probe-normalised rows are put on one scale, the quietest probe time any of
+    them saw (a row normalised early in a run, before the probe had seen a quiet stretch, reads high)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    return [Arch.from_dict(r["arch"]) for r in rows], [float(r[statistic]) for r in rows]
+    probe_times = [r["probe_ms"] for r in rows if r.get("probe_ms")]
+    quietest = min(probe_times) if probe_times else None
+    values = []
+    for r in rows:
+        scale = quietest / r["probe_ms"] if quietest and r.get("probe_ms") else 1.0
+        values.append(float(r[statistic]) * scale)
+    return [Arch.from_dict(r["arch"]) for r in rows], values

@@ -9,6 +9,11 @@ the supernet by name.
 Each weight is sliced once per call, inside the module that owns it: under ZeRO-3 a parameter is only
 gathered while its own module runs, and modules past the sampled depth are never called (every rank
 samples the same arch, so the sequence of gathers matches across ranks).
+
+A sub-network trains as fast as the dense BERT of its size (bench/subnet_scaling.py): linear layers use
+`elastic_linear`, whose backward is a dense layer's plus one widening of the weight gradient, and the
+word embeddings hand the tied decoder a handle so that their two gradients add at the sub-network's size
+(`select_shared`). See `slicing.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atb.model.slicing import HeadSlice, Selection, select, select_2d
+from atb.model.slicing import HeadSlice, Selection, elastic_linear, select, select_2d, select_shared, tied_linear
 from atb.space import Arch, SearchSpace
 
 
@@ -72,8 +77,7 @@ class ElasticLinear(nn.Module):
         return select_2d(self.weight, out_sel, in_sel), bias
 
     def forward(self, x: torch.Tensor, out_sel: Selection, in_sel: Selection) -> torch.Tensor:
-        weight, bias = self.sliced(out_sel, in_sel)
-        return F.linear(x, weight, bias)
+        return elastic_linear(x, self.weight, self.bias, out_sel, in_sel)
 
 
 class ElasticLayerNorm(nn.Module):
@@ -103,20 +107,35 @@ class ElasticEmbedding(nn.Module):
         return F.embedding(ids, self.sliced(dim))
 
 
+class WordEmbeddings(ElasticEmbedding):
+    """Word embeddings whose weight the MLM decoder reads too (tied, as in transformers).
+
+    `forward` also returns a handle for the decoder (`TiedDecoder`): the decoder's gradient then joins the
+    embeddings' at the sub-network's size and the full-size gradient is built once, not twice and summed.
+    """
+
+    def forward(self, ids: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        weight, handle = select_shared(self.weight, 1, dim)
+        return F.embedding(ids, weight), handle
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: SuperBertConfig, hidden: int):
         super().__init__()
-        self.word_embeddings = ElasticEmbedding(cfg.vocab_size, hidden)
+        self.word_embeddings = WordEmbeddings(cfg.vocab_size, hidden)
         self.position_embeddings = ElasticEmbedding(cfg.max_position_embeddings, hidden)
         self.token_type_embeddings = ElasticEmbedding(cfg.type_vocab_size, hidden)
         self.LayerNorm = ElasticLayerNorm(hidden, cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, hidden: int) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedded tokens, and the word embeddings' handle for the tied decoder."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids, hidden) + self.token_type_embeddings(token_type_ids, hidden)
+        words, handle = self.word_embeddings(input_ids, hidden)
+        x = words + self.token_type_embeddings(token_type_ids, hidden)
         x = x + self.position_embeddings(positions, hidden)
-        return self.dropout(self.LayerNorm(x, hidden))
+        return self.dropout(self.LayerNorm(x, hidden)), handle
 
 
 class SelfAttention(nn.Module):
@@ -221,24 +240,39 @@ class PredictionHeadTransform(nn.Module):
         return self.LayerNorm(F.gelu(self.dense(x, hidden, hidden)), hidden)
 
 
+class TiedDecoder(nn.Module):
+    """The MLM decoder: every vocabulary row of the word embeddings, their first `hidden` columns.
+
+    It registers the word-embedding Parameter itself (as transformers ties it), so ZeRO-3 gathers it when
+    the decoder runs rather than needing it registered as an external parameter.
+    """
+
+    def __init__(self, word_embeddings: WordEmbeddings, bias: nn.Parameter):
+        super().__init__()
+        self.weight = word_embeddings.weight
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor, hidden: int, handle: torch.Tensor | None = None) -> torch.Tensor:
+        """`handle`: what this forward's `WordEmbeddings` returned; without it, plain slicing."""
+        if handle is None:
+            return elastic_linear(x, self.weight, self.bias, self.weight.shape[0], hidden)
+        return tied_linear(x, handle, self.weight, hidden, self.bias)
+
+
 class Predictions(nn.Module):
-    def __init__(self, cfg: SuperBertConfig, hidden: int, word_embeddings: ElasticEmbedding):
+    def __init__(self, cfg: SuperBertConfig, hidden: int, word_embeddings: WordEmbeddings):
         super().__init__()
         self.transform = PredictionHeadTransform(cfg, hidden)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        # The decoder shares the word-embedding Parameter (as transformers ties it), so ZeRO-3 gathers it
-        # when the decoder itself runs rather than needing it registered as an external parameter.
-        self.decoder = ElasticLinear(hidden, cfg.vocab_size)
-        self.decoder.weight = word_embeddings.weight
-        self.decoder.bias = self.bias
+        self.decoder = TiedDecoder(word_embeddings, self.bias)
         self.vocab_size = cfg.vocab_size
 
-    def forward(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
-        return self.decoder(self.transform(x, hidden), self.vocab_size, hidden)
+    def forward(self, x: torch.Tensor, hidden: int, handle: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.transform(x, hidden), hidden, handle)
 
 
 class MLMHead(nn.Module):
-    def __init__(self, cfg: SuperBertConfig, hidden: int, word_embeddings: ElasticEmbedding):
+    def __init__(self, cfg: SuperBertConfig, hidden: int, word_embeddings: WordEmbeddings):
         super().__init__()
         self.predictions = Predictions(cfg, hidden, word_embeddings)
 
@@ -258,7 +292,7 @@ class SuperBert(nn.Module):
         """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm, zero padding row."""
         std = self.config.initializer_range
         for module in self.modules():
-            if isinstance(module, (ElasticLinear, ElasticEmbedding)) and module is not self.cls.predictions.decoder:
+            if isinstance(module, (ElasticLinear, ElasticEmbedding)):  # the tied decoder is neither
                 module.weight.normal_(0.0, std)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
@@ -275,16 +309,24 @@ class SuperBert(nn.Module):
                token_type_ids: torch.Tensor | None = None, arch: Arch | None = None,
                want_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Last hidden state [batch, seq, arch.hidden] and, if asked, the last layer's attention scores."""
-        arch = arch or self.largest
+        x, scores, _ = self._encode(input_ids, attention_mask, token_type_ids, arch or self.largest, want_scores)
+        return x, scores
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None, arch: Arch,
+                want_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`encode`, plus the word embeddings' handle for the tied decoder."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
+        mask = None  # without padding (packed pre-training blocks) SDPA runs unmasked, as in transformers
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].bool()
         heads = self.head_slice(arch)
-        x = self.bert.embeddings(input_ids, token_type_ids, arch.hidden)
+        x, handle = self.bert.embeddings(input_ids, token_type_ids, arch.hidden)
         scores = None
         for i, layer in enumerate(self.bert.encoder.layer[: arch.layers]):
             x, scores = layer(x, mask, arch, heads, want_scores and i == arch.layers - 1)
-        return x, scores
+        return x, scores, handle
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, arch: Arch | None = None,
@@ -292,15 +334,15 @@ class SuperBert(nn.Module):
                 logits_for_all: bool = False) -> SuperBertOutput:
         """MLM forward. With labels, the head runs only on labelled positions unless `logits_for_all`."""
         arch = arch or self.largest
-        hidden, scores = self.encode(input_ids, attention_mask, token_type_ids, arch, want_scores)
+        hidden, scores, handle = self._encode(input_ids, attention_mask, token_type_ids, arch, want_scores)
         out = SuperBertOutput(last_hidden_state=hidden, attention_scores=scores)
         if labels is None or logits_for_all:
-            out.logits = self.cls.predictions(hidden, arch.hidden)
+            out.logits = self.cls.predictions(hidden, arch.hidden, handle)
             if labels is not None:
                 out.loss = F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         else:
             picked = labels != -100
-            logits = self.cls.predictions(hidden[picked], arch.hidden)
+            logits = self.cls.predictions(hidden[picked], arch.hidden, handle)
             out.logits = logits
             out.loss = F.cross_entropy(logits, labels[picked]) if logits.shape[0] else logits.sum() * 0.0
         return out

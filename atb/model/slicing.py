@@ -1,17 +1,30 @@
-"""How a sub-architecture selects its part of a supernet tensor.
+"""How a sub-architecture selects its part of a supernet tensor, and how gradients find their way back.
 
 One rule serves the training forward pass and extraction, so an extracted model is, by construction, the
 sub-network that was trained. A dimension is selected either by a leading count (`int`: hidden, ffn,
 vocab rows) or per attention head (`HeadSlice`: the first `heads` heads, and the first `head_dim` dims of
 each). A per-head selection whose heads are full-size is a leading block, so it stays a zero-copy view.
+
+Backward is where slicing costs. Each sliced weight needs a full-size gradient (zero outside the slice),
+and autograd's own backward of `F.linear` on a slice follows the slice's strides: it computes the weight
+gradient transposed, a slower GEMM followed by strided copies. Linear layers therefore go through
+`elastic_linear`, which computes the sub-network's gradients exactly as a dense `nn.Linear` does (same
+GEMMs, same layout) and widens the weight's to the full size once (`widen`). The word embeddings, which
+the MLM decoder also reads, go through `select_shared` / `tied_linear`: the two gradients add at the
+sub-network's size and are widened once, instead of twice plus a full-size sum (for BERT's 30522 x 768
+embeddings each widening is a fresh 94 MB tensor). Every gradient still reaches its parameter through
+ordinary autograd, one AccumulateGrad call per parameter and backward, as DeepSpeed ZeRO expects.
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -40,3 +53,154 @@ def select(tensor: torch.Tensor, dim: int, sel: Selection) -> torch.Tensor:
 
 def select_2d(weight: torch.Tensor, out_sel: Selection, in_sel: Selection) -> torch.Tensor:
     return select(select(weight, 0, out_sel), 1, in_sel)
+
+
+def widen(part: torch.Tensor, full_shape: torch.Size, sels: dict[int, Selection]) -> torch.Tensor:
+    """The inverse of `select`: `part` placed where the selections took it from, zeros elsewhere."""
+    if all(_is_whole(sel, full_shape[dim]) for dim, sel in sels.items()):
+        return part
+    full = _zeros_for_gradient(part, full_shape)
+    region, source = full, part
+    for dim in sorted(sels, reverse=True):  # last dim first: unflattening it leaves earlier indices valid
+        sel = sels[dim]
+        if isinstance(sel, int) or sel.head_dim == sel.max_head_dim:
+            region = region.narrow(dim, 0, sel if isinstance(sel, int) else sel.heads * sel.max_head_dim)
+        else:
+            region = region.unflatten(dim, (-1, sel.max_head_dim)).narrow(dim, 0, sel.heads)
+            region = region.narrow(dim + 1, 0, sel.head_dim)
+            source = source.unflatten(dim, (sel.heads, sel.head_dim))
+    region.copy_(source)
+    return full
+
+
+def _load_madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise
+
+
+_MADVISE = _load_madvise()
+_MADV_HUGEPAGE = 14
+_HUGE_PAGE = 2 << 20
+_OWN_MAPPING = 32 << 20  # glibc malloc maps allocations above this afresh and unmaps them on free
+
+
+def _zeros_for_gradient(like: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """`like.new_zeros(shape)`, with huge pages asked for when the tensor gets a fresh mapping.
+
+    The word embeddings' gradient is widened to 94 MB every step, in memory freshly mapped every step:
+    each 4 KiB page faults on first touch, which on a VM cost 5x the memset itself (about 100 ms, a tenth
+    of a small sub-network's step). Advising huge pages for the range (what PyTorch's opt-in
+    THP_MEM_ALLOC_ENABLE does for every allocation) takes 512x fewer faults. Only advice: where the
+    kernel ignores it, or on other platforms, nothing changes.
+    """
+    out = like.new_empty(shape)
+    if _MADVISE is not None and out.device.type == "cpu" and out.nbytes >= _OWN_MAPPING:
+        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (out.data_ptr() + out.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _MADVISE(start, end - start, _MADV_HUGEPAGE)
+    return out.zero_()
+
+
+def _is_whole(sel: Selection, size: int) -> bool:
+    if isinstance(sel, int):
+        return sel == size
+    return sel.head_dim == sel.max_head_dim and sel.heads * sel.max_head_dim == size
+
+
+def _linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, want_x: bool, want_weight: bool,
+                     want_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """nn.Linear's gradients, the weight's as `grad^T @ x` so it comes out [out, in] and contiguous.
+
+    Autograd's own linear backward picks the GEMM orientation from the weight's strides; for a slice of a
+    wider weight it computes `x^T @ grad` and returns a transposed gradient, which on CPU made the
+    decoder's weight GEMM about 2x slower and every later copy of the gradient a strided one.
+    """
+    grad_x = grad @ weight if want_x else None
+    grad_2d = grad.reshape(-1, grad.shape[-1])
+    grad_weight = grad_2d.t() @ x.reshape(-1, x.shape[-1]) if want_weight else None
+    grad_bias = grad_2d.sum(0) if want_bias else None
+    return grad_x, grad_weight, grad_bias
+
+
+class _ElasticLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_sel: Selection,
+                in_sel: Selection) -> torch.Tensor:
+        part = select_2d(weight, out_sel, in_sel)
+        ctx.save_for_backward(x, part)
+        ctx.weight_shape, ctx.bias_shape = weight.shape, None if bias is None else bias.shape
+        ctx.out_sel, ctx.in_sel = out_sel, in_sel
+        return F.linear(x, part, None if bias is None else select(bias, 0, out_sel))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, part = ctx.saved_tensors
+        want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_x, grad_weight, grad_bias = _linear_backward(grad, x, part, want_x, want_weight, want_bias)
+        if grad_weight is not None:
+            grad_weight = widen(grad_weight, ctx.weight_shape, {0: ctx.out_sel, 1: ctx.in_sel})
+        if grad_bias is not None:
+            grad_bias = widen(grad_bias, ctx.bias_shape, {0: ctx.out_sel})
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def elastic_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_sel: Selection,
+                   in_sel: Selection) -> torch.Tensor:
+    """`F.linear(x, select_2d(weight, out_sel, in_sel), select(bias, 0, out_sel))`, with a dense model's backward."""
+    return _ElasticLinear.apply(x, weight, bias, out_sel, in_sel)
+
+
+class _SharedSlice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, dim: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)  # an unused handle must cost nothing, not a zero tensor
+        ctx.full_shape, ctx.dim, ctx.count = weight.shape, dim, count
+        part = weight.narrow(dim, 0, count)
+        return part, weight.new_zeros(()).expand(part.shape)
+
+    @staticmethod
+    def backward(ctx, grad_part: torch.Tensor | None, grad_handle: torch.Tensor | None):
+        grads = [g for g in (grad_part, grad_handle) if g is not None]
+        if not grads:
+            return None, None, None
+        total = grads[0] if len(grads) == 1 else grads[0] + grads[1]
+        return widen(total, ctx.full_shape, {ctx.dim: ctx.count}), None, None
+
+
+def select_shared(weight: torch.Tensor, dim: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select(weight, dim, count)` for a weight that a second module reads too (tied word embeddings).
+
+    Returns the slice and a handle (zero storage) that the other module passes to `tied_linear`; the
+    gradients of both then add at the slice's size and are widened to the full weight once.
+    """
+    return _SharedSlice.apply(weight, dim, count)
+
+
+class _TiedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, handle: torch.Tensor, part: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, part)
+        return F.linear(x, part, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, part = ctx.saved_tensors
+        want_x, want_handle, _, want_bias = ctx.needs_input_grad
+        grad_x, grad_part, grad_bias = _linear_backward(grad, x, part, want_x, want_handle, want_bias)
+        return grad_x, grad_part, None, grad_bias
+
+
+def tied_linear(x: torch.Tensor, handle: torch.Tensor, weight: torch.Tensor, in_features: int,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight[:, :in_features], bias)` where that slice was made by `select_shared`, whose
+    `handle` receives the weight's gradient. The values are read from `weight` now, so under ZeRO-3 from
+    the copy gathered for the calling module."""
+    return _TiedLinear.apply(x, handle, weight.detach().narrow(1, 0, in_features), bias)

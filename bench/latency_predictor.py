@@ -1,0 +1,99 @@
+"""Latency predictor vs a linear least-squares baseline: held-out error on this machine (target: MAPE <= 5 %,
+Kendall tau >= 0.9, better than linear), with the noise floor the figures should be read against.
+
+    .venv/bin/python bench/latency_predictor.py                      # demo and mlm spaces, 80 archs each
+    .venv/bin/python bench/latency_predictor.py --quick              # smoke run (tiny space, seconds)
+    .venv/bin/python bench/latency_predictor.py --out_dir runs/lat   # keep (and resume) the tables
+
+Per space: measure N stratified archs (the paper's setting: CPU, 1 thread, batch 1, seq 128; the
+exported model, probe-normalised thread CPU time, see atb/latency/measure.py), hold out 25 % (the space's
+largest and smallest stay in training), fit the predictor and the linear baseline on the same training
+rows, and score both on the held-out rows. Then the held-out archs are measured a second time: the
+first-vs-second MAPE is the floor no predictor can be shown to beat, and the predictor is also scored
+against that independent second measurement.
+
+The last line is `BENCH latency_predictor ratio=<worst held-out MAPE of the predictor over the spaces,
+as a fraction>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import bench_line, machine_line
+from atb.latency.evaluation import fit_and_evaluate, format_metrics
+from atb.latency.jobs import MeasureConfig, run_measure
+from atb.latency.metrics import mape
+from atb.latency.plot import plot_fit
+from atb.latency.predictor import FitOptions
+from atb.latency.table import latencies
+
+
+def bench_space(space: str, n: int, seq: int, repeats: int, out_dir: Path, seed: int, retest: bool) -> dict:
+    print(f"\n== {space}: {n} archs, seq {seq}, batch 1, 1 thread  [{machine_line()}]", flush=True)
+    start = time.time()
+    measure = MeasureConfig(space=space, n=n, seed=seed, seq=seq, repeats=repeats, out=str(out_dir / f"{space}.jsonl"))
+    rows = run_measure(measure)
+    measured_s = time.time() - start
+    result = fit_and_evaluate(rows, measure.out, test_fraction=0.25, seed=seed, options=FitOptions(seed=seed))
+    print(format_metrics(result.metrics))
+    png = plot_fit(result, out_dir / f"{space}_fit.png", f"{space} space, held-out archs in red")
+    figures = {"space": space, "metrics": result.metrics, "measure_s": measured_s, "plot": png}
+    if retest:
+        test_archs = [result.archs[i] for i in result.test]
+        second = run_measure(MeasureConfig(space=space, seq=seq, repeats=repeats, archs=[a.name for a in test_archs],
+                                           out=str(out_dir / f"{space}_retest.jsonl")))
+        first_rows = [rows[i] for i in result.test]
+        _, both = latencies(first_rows + second)  # one probe scale for both passes
+        first_ms, second_ms = np.array(both[:len(first_rows)]), np.array(both[len(first_rows):])
+        predicted = result.predictor.predict(test_archs)
+        figures["retest_mape"] = mape(second_ms, first_ms)
+        figures["predictor_vs_retest_mape"] = mape(second_ms, predicted)
+        figures["predictor_vs_mean_mape"] = mape((first_ms + second_ms) / 2, predicted)
+        print(f"retest of the {len(test_archs)} held-out archs: first vs second measurement MAPE "
+              f"{figures['retest_mape']:.2%} (the floor); predictor vs second {figures['predictor_vs_retest_mape']:.2%},"
+              f" vs the mean of both {figures['predictor_vs_mean_mape']:.2%}")
+    print(f"measured in {measured_s:.0f} s; plot {png}  [{machine_line()}]", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spaces", default="demo,mlm")
+    parser.add_argument("--n", type=int, default=80, help="archs measured per space")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20, help="minimum timed forwards per arch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_retest", action="store_true", help="skip re-measuring the held-out archs")
+    parser.add_argument("--out_dir", default=None, help="keep tables and plots here (re-running resumes)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny space, 16 archs, seq 32")
+    args = parser.parse_args()
+    if args.quick:
+        args.spaces, args.n, args.seq, args.repeats = "tiny", 16, 32, 5
+    out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="latency_bench_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [bench_space(s, args.n, args.seq, args.repeats, out_dir, args.seed, not args.no_retest)
+               for s in args.spaces.split(",")]
+
+    print("\n| space | archs (train/test) | predictor MAPE | linear MAPE | predictor tau | linear tau | "
+          "predictor R2 | noise: retest MAPE | spread of forwards |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        m, p, lin = r["metrics"], r["metrics"]["test"]["predictor"], r["metrics"]["test"]["linear"]
+        retest = f"{r['retest_mape']:.2%}" if "retest_mape" in r else "-"
+        print(f"| {r['space']} | {m['n_train']}/{m['n_test']} | {p['mape']:.2%} | {lin['mape']:.2%} | "
+              f"{p['kendall_tau']:.3f} | {lin['kendall_tau']:.3f} | {p['r2']:.4f} | {retest} | "
+              f"{m['noise']['median_relative_spread']:.1%} |")
+    print(f"tables and plots: {out_dir}")
+    worst = max(r["metrics"]["test"]["predictor"]["mape"] for r in results)
+    print(bench_line("latency_predictor", worst))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

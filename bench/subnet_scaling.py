@@ -1,0 +1,102 @@
+"""Sub-networks inside SuperBert vs dense transformers BERTs of the same dims: forward + backward (target <= 1.05x).
+
+    .venv/bin/python bench/subnet_scaling.py               # mlm space, batch 8 x 128, 2 threads
+    .venv/bin/python bench/subnet_scaling.py --quick       # smoke run (tiny space, seconds)
+
+For each arch (spread over the `mlm` space: 1 to 8 layers, hidden 128 to 768, 2 to 12 heads, narrow and
+wide FFNs; qkv == hidden so that stock BERT can express it), A = `SuperBert(arch=...)`, B = transformers
+`BertForMaskedLM` holding the extracted weights of that sub-network (so both compute the same function,
+checked before timing). One timed repeat = zero_grad(set_to_none) + forward + MLM loss + backward, no
+optimizer step (a supernet's optimizer touches every weight whatever the arch). Both run in train mode
+with the config's dropout (0.1), fp32, the same batch (random tokens, 15% of positions labelled, an
+all-ones attention mask as in packed pre-training blocks) and the same threads; both compute logits over
+the full vocabulary at every position (SuperBert's `logits_for_all=True`, which is what BertForMaskedLM
+does). `--sparse-head` adds an extra, separately labelled line per arch for SuperBert's default of
+logits at labelled positions only; it never enters the ratio.
+
+The last line is `BENCH subnet_scaling ratio=<worst over archs of median(SuperBert) / median(dense)>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from _common import (Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
+                     set_threads)
+from atb.model.elastic import SuperBert, SuperBertConfig
+from atb.model.extract import build_masked_lm
+from atb.space import Arch, SearchSpace
+
+# (space, archs): hidden = 64 * heads in `mlm`, 8 * heads in `tiny`, so each is also a stock BERT.
+MLM_ARCHS = ("L1_H128_A2_Q128_F256", "L2_H256_A4_Q256_F1024", "L3_H384_A6_Q384_F768",
+             "L4_H512_A8_Q512_F2048", "L6_H576_A9_Q576_F3072", "L8_H640_A10_Q640_F1280",
+             "L8_H768_A12_Q768_F3072")
+TINY_ARCHS = ("L1_H16_A2_Q16_F16", "L2_H24_A3_Q24_F48", "L3_H32_A4_Q32_F96")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny space, tiny batch, 1 repeat: a smoke run")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--archs", default=None, help="';'-separated arch names instead of the default spread")
+    parser.add_argument("--sparse-head", action="store_true",
+                        help="extra line: SuperBert with logits at labelled positions only (not in the ratio)")
+    args = parser.parse_args()
+    space_name, arch_names, vocab = "mlm", MLM_ARCHS, 30522
+    if args.quick:
+        space_name, arch_names, vocab = "tiny", TINY_ARCHS, 100
+        args.batch, args.seq, args.repeats = 2, 16, 1
+    if args.archs:
+        arch_names = tuple(a for a in args.archs.split(";") if a)
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    space = SearchSpace.load(space_name)
+    cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab)
+    supernet = SuperBert(cfg).train()
+    batch = mlm_batch(args.batch, args.seq, vocab)
+    archs = [Arch.parse(name) for name in arch_names]
+    for arch in archs:
+        space.validate(arch)
+        if not arch.is_vanilla_bert:
+            raise SystemExit(f"{arch.name}: qkv != hidden has no dense transformers BERT to compare with")
+
+    def supernet_step(arch: Arch, all_logits: bool = True):
+        def step() -> None:
+            supernet.zero_grad(set_to_none=True)
+            supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch,
+                     labels=batch["labels"], logits_for_all=all_logits).loss.backward()
+        return step
+
+    def dense_step(model: torch.nn.Module):
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+        return step
+
+    print(f"subnet_scaling: space {space_name}, batch {args.batch} x {args.seq}, {args.repeats} repeats "
+          f"per arch, fp32, train mode (dropout {cfg.hidden_dropout_prob}); {machine_line()}", flush=True)
+    results: dict[str, Comparison] = {}
+    for arch in archs:
+        dense = build_masked_lm(supernet, arch).train()
+        check_same_function(supernet, dense, arch, batch)
+        result = compare(supernet_step(arch), dense_step(dense), args.repeats)
+        results[arch.name] = result
+        print(f"{arch.name}: {result.describe('SuperBert', 'dense')}", flush=True)
+        if args.sparse_head:
+            extra = compare(supernet_step(arch, all_logits=False), dense_step(dense), args.repeats)
+            print(f"  extra, not in the ratio: SuperBert with logits at labelled positions only vs dense "
+                  f"(all positions): {extra.describe('SuperBert-sparse', 'dense')}", flush=True)
+        del dense
+    worst = max(results, key=lambda name: results[name].ratio)
+    print(f"worst: {worst} at {results[worst].ratio:.3f}; after: {machine_line()}")
+    print(bench_line("subnet_scaling", results[worst].ratio))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
