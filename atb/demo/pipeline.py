@@ -62,6 +62,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def precision_config(stage: int = 2) -> str:
+    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls without AVX-512 BF16/AMX are ~50x slower (measured)."""
+    import torch
+
+    return f"zero{stage}_bf16" if torch.cuda.is_available() else f"zero{stage}_fp32"
+
+
 def tool(name: str, *args: Any, ranks: int = 1, threads: int | None = None) -> None:
     """Run tools/<name>.py (under torchrun for several ranks); its output streams to the console."""
     script = str(REPO / "tools" / f"{name}.py")
@@ -97,7 +104,7 @@ class Stages:
         s = self.sizes
         threads = max(1, (os.cpu_count() or 2) // self.cfg.ranks)
         tool("pretrain", "--out_dir", self.out / "pretrain", "--space", s.space, "--corpus", self.cfg.corpus,
-             "--data_cache", self.out / "data_cache", "--ds_config", "zero2_bf16",
+             "--data_cache", self.out / "data_cache", "--ds_config", precision_config(),
              "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 1e-3,
              "--warmup_steps", max(1, s.pretrain_steps // 10), "--save_every", s.pretrain_steps,
              "--log_every", max(1, s.pretrain_steps // 50), "--report_to", "tensorboard",
@@ -128,7 +135,7 @@ class Stages:
              "--predictor", self.out / "latency" / "predictor", "--out_dir", self.out / "develop",
              "--steps", s.develop_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 5e-4,
              "--warmup_steps", max(1, s.develop_steps // 10), "--save_every", s.develop_steps,
-             "--ds_config", "zero2_bf16", "--report_to", "tensorboard", ranks=self.cfg.ranks, threads=1)
+             "--ds_config", precision_config(), "--report_to", "tensorboard", ranks=self.cfg.ranks, threads=1)
 
     def finetune(self) -> None:
         s = self.sizes
