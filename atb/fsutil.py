@@ -57,14 +57,19 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_dir(tmp, final)
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Rename a finished folder into place; an old one is moved aside first, so one always survives."""
     if final.exists():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(tmp, final)
+        os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        os.replace(staging, final)
 
 
 def read_json(path: str | Path, what: str) -> Any:

@@ -33,7 +33,7 @@ from atb.cli import config_record
 from atb.finetune import classification, qa
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.tasks import Task, load_task, subsample
-from atb.fsutil import write_json_atomic
+from atb.fsutil import publish_dir, write_json_atomic
 
 ARCH_JSON = "atb_arch.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
@@ -119,7 +119,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         trainer_dir = staging / "trainer"
         if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
             trainer_dir.rmdir()
-        _publish(staging, out_dir)
+        publish_dir(staging, out_dir)
     trainer.accelerator.wait_for_everyone()
     return record
 
@@ -189,18 +189,6 @@ def _finish_model_folder(folder: Path, source: Path) -> None:
     (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
     if (source / ARCH_JSON).is_file():
         shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Rename the finished folder into place; an old one is moved aside first, so one always survives."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
 
 
 def _report_to(value: str) -> str | list[str]:
