@@ -29,7 +29,7 @@ import numpy as np
 from _common import bench_line, machine_line
 from atb.latency.evaluation import fit_and_evaluate, format_metrics
 from atb.latency.jobs import MeasureConfig, run_measure
-from atb.latency.metrics import mape
+from atb.latency.metrics import kendall_tau, mape
 from atb.latency.plot import plot_fit
 from atb.latency.predictor import FitOptions
 from atb.latency.table import latencies
@@ -56,9 +56,12 @@ def bench_space(space: str, n: int, seq: int, repeats: int, out_dir: Path, seed:
         figures["retest_mape"] = mape(second_ms, first_ms)
         figures["predictor_vs_retest_mape"] = mape(second_ms, predicted)
         figures["predictor_vs_mean_mape"] = mape((first_ms + second_ms) / 2, predicted)
+        figures["retest_tau"] = kendall_tau(second_ms, first_ms)
+        figures["predictor_vs_retest_tau"] = kendall_tau(second_ms, predicted)
         print(f"retest of the {len(test_archs)} held-out archs: first vs second measurement MAPE "
-              f"{figures['retest_mape']:.2%} (the floor); predictor vs second {figures['predictor_vs_retest_mape']:.2%},"
-              f" vs the mean of both {figures['predictor_vs_mean_mape']:.2%}")
+              f"{figures['retest_mape']:.2%}, tau {figures['retest_tau']:.3f} (the floor); predictor vs second "
+              f"MAPE {figures['predictor_vs_retest_mape']:.2%}, tau {figures['predictor_vs_retest_tau']:.3f}; "
+              f"vs the mean of both MAPE {figures['predictor_vs_mean_mape']:.2%}")
     print(f"measured in {measured_s:.0f} s; plot {png}  [{machine_line()}]", flush=True)
     return figures
 
@@ -82,13 +85,13 @@ def main() -> None:
                for s in args.spaces.split(",")]
 
     print("\n| space | archs (train/test) | predictor MAPE | linear MAPE | predictor tau | linear tau | "
-          "predictor R2 | noise: retest MAPE | spread of forwards |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "predictor R2 | linear R2 | retest MAPE | retest tau | spread of forwards |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m, p, lin = r["metrics"], r["metrics"]["test"]["predictor"], r["metrics"]["test"]["linear"]
-        retest = f"{r['retest_mape']:.2%}" if "retest_mape" in r else "-"
+        retest = (f"{r['retest_mape']:.2%} | {r['retest_tau']:.3f}" if "retest_mape" in r else "- | -")
         print(f"| {r['space']} | {m['n_train']}/{m['n_test']} | {p['mape']:.2%} | {lin['mape']:.2%} | "
-              f"{p['kendall_tau']:.3f} | {lin['kendall_tau']:.3f} | {p['r2']:.4f} | {retest} | "
+              f"{p['kendall_tau']:.3f} | {lin['kendall_tau']:.3f} | {p['r2']:.4f} | {lin['r2']:.4f} | {retest} | "
               f"{m['noise']['median_relative_spread']:.1%} |")
     print(f"tables and plots: {out_dir}")
     worst = max(r["metrics"]["test"]["predictor"]["mape"] for r in results)

@@ -93,7 +93,8 @@ class ReferenceProbe:
         torch.manual_seed(0)
         self.model = new_masked_lm(self.ARCH, default_model_config(seq, vocab_size=1000)).bert.eval()
         ids = torch.randint(1, 1000, (1, seq), generator=torch.Generator().manual_seed(0))
-        self.inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        self.inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                       "token_type_ids": torch.zeros_like(ids)}
         self.recent: deque[float] = deque(maxlen=self.WINDOW)
         self.quiet_ms = quiet_ms
         self.cache_key = ""  # where remember_quiet files it; set by shared_probe

@@ -33,7 +33,8 @@ class FitResult:
         return np.asarray(model.predict([self.archs[i] for i in idx]), float)
 
 
-def split_indices(archs: list[Arch], space: SearchSpace, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(archs: list[Arch], space: SearchSpace, test_fraction: float, seed: int
+                  ) -> tuple[list[int], list[int]]:
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     pinned = {space.largest(), space.smallest()}
@@ -44,7 +45,8 @@ def split_indices(archs: list[Arch], space: SearchSpace, test_fraction: float, s
                          f"for testing (need >= 2 test and >= 3 training archs); measure more archs")
     rng = np.random.default_rng(seed)
     test = sorted(int(i) for i in rng.choice(free, size=min(n_test, len(free)), replace=False))
-    train = [i for i in range(len(archs)) if i not in set(test)]
+    held_out = set(test)
+    train = [i for i in range(len(archs)) if i not in held_out]
     return train, test
 
 
@@ -75,6 +77,7 @@ def fit_and_evaluate(rows: list[dict[str, Any]], table_name: str = "table", test
         "train": {"predictor": report(measured[train], result.predicted("predictor", train)),
                   "linear": report(measured[train], result.predicted("linear", train))},
         "noise": noise_floor(rows),
+        "ridge": predictor.ridge,
         "refit_on_all": refit_all,
     }
     if refit_all:  # the saved model sees every row; the metrics above are those of its held-out twin
@@ -86,7 +89,7 @@ def fit_and_evaluate(rows: list[dict[str, Any]], table_name: str = "table", test
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A small table for the terminal and the bench."""
-    lines = [f"held-out archs: {metrics['n_test']} (trained on {metrics['n_train']})",
+    lines = [f"held-out archs: {metrics['n_test']} (trained on {metrics['n_train']}; ridge {metrics['ridge']:g})",
              f"{'model':<10} {'MAPE':>7} {'RMSE ms':>9} {'R2':>7} {'tau':>6}"]
     for name in ("predictor", "linear"):
         m = metrics["test"][name]

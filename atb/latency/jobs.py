@@ -97,9 +97,8 @@ class FitConfig:
     seed: int = 0  # of the train/test split and the predictor's initialisation
     statistic: str = "median_ms"  # median_ms, p10_ms, min_ms or mean_ms of each row
     terms: int = 4  # power-law units per layer (see atb/latency/predictor.py)
-    steps: int = 1500
+    ridge: float | None = None  # None: chosen by cross-validation on the training rows
     ensemble: int = 3
-    weight_decay: float = 0.0
     refit_all: bool = False  # save a predictor refitted on every row (metrics stay those of the split)
     plot: bool = True
     overwrite: bool = False
@@ -111,8 +110,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"predictor folder {cfg.out} already exists; choose another or pass --overwrite")
     rows = read_table(cfg.table)
-    options = FitOptions(terms=cfg.terms, steps=cfg.steps, ensemble=cfg.ensemble,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed)
+    options = FitOptions(terms=cfg.terms, ridge=cfg.ridge, ensemble=cfg.ensemble, seed=cfg.seed)
     result = fit_and_evaluate(rows, cfg.table, cfg.test_fraction, cfg.seed, cfg.statistic, options, cfg.refit_all)
     result.predictor.save(cfg.out, overwrite=cfg.overwrite)
     print(format_metrics(result.metrics))
