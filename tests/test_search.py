@@ -382,7 +382,7 @@ def test_search_with_a_saved_atb_latency_predictor_and_ms_targets(tmp_path):
     archs = list({TINY.sample(rng) for _ in range(60)})
     measured = FlopsProxy(16).predict(archs) * 1e4 + 0.2  # a plausible 'ms' law: fixed cost + FLOPs
     predictor = LatencyPredictor.fit(archs, measured, TINY.to_spec(), {"device": "cpu", "batch": 1, "seq": 16},
-                                     options=FitOptions(steps=300, ensemble=1))
+                                     options=FitOptions(ensemble=1, ridge=1e-3))
     predictor.save(tmp_path / "predictor")
     loaded = load_predictor(str(tmp_path / "predictor"), seq_len=16)
     oracle = LatencyOracle(loaded)

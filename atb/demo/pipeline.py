@@ -45,7 +45,7 @@ SIZES = {
                    search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0, finetune_train=64,
                    finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32,
                                                          "--probe", "false"),
-                   fit_flags=("--ensemble", 1, "--steps", 200), targets="1.5x,2x,3x"),
+                   fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.5x,2x,3x"),
 }
 
 

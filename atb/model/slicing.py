@@ -57,20 +57,74 @@ def select_2d(weight: torch.Tensor, out_sel: Selection, in_sel: Selection) -> to
 
 def widen(part: torch.Tensor, full_shape: torch.Size, sels: dict[int, Selection]) -> torch.Tensor:
     """The inverse of `select`: `part` placed where the selections took it from, zeros elsewhere."""
-    if all(_is_whole(sel, full_shape[dim]) for dim, sel in sels.items()):
+    if _is_whole(full_shape, sels):
         return part
     full = _zeros_for_gradient(part, full_shape)
     region, source = full, part
     for dim in sorted(sels, reverse=True):  # last dim first: unflattening it leaves earlier indices valid
         sel = sels[dim]
-        if isinstance(sel, int) or sel.head_dim == sel.max_head_dim:
-            region = region.narrow(dim, 0, sel if isinstance(sel, int) else sel.heads * sel.max_head_dim)
+        count = _leading_count(sel)
+        if count is not None:
+            region = region.narrow(dim, 0, count)
         else:
+            assert isinstance(sel, HeadSlice)
             region = region.unflatten(dim, (-1, sel.max_head_dim)).narrow(dim, 0, sel.heads)
             region = region.narrow(dim + 1, 0, sel.head_dim)
             source = source.unflatten(dim, (sel.heads, sel.head_dim))
     region.copy_(source)
     return full
+
+
+def _widened_product(a: torch.Tensor, b: torch.Tensor, full_shape: torch.Size,
+                     sels: dict[int, Selection]) -> torch.Tensor:
+    """`widen(a @ b, full_shape, sels)`, the product written straight into the zeros where it can be.
+
+    Saving that copy matters beyond its bytes: on a busy machine every multi-threaded op waits for its
+    threads to be scheduled, so an extra op per weight shows up in a step's time.
+    """
+    if _is_whole(full_shape, sels):
+        return a @ b
+    if not _is_block(sels):
+        return widen(a @ b, full_shape, sels)
+    full = _zeros_for_gradient(a, full_shape)
+    torch.mm(a, b, out=_leading_block(full, sels))
+    return full
+
+
+def _widened_sum(a: torch.Tensor, b: torch.Tensor | None, full_shape: torch.Size,
+                 sels: dict[int, Selection]) -> torch.Tensor:
+    """`widen(a + b, full_shape, sels)` (b may be absent), the sum written straight into the zeros."""
+    if b is None:
+        return widen(a, full_shape, sels)
+    if _is_whole(full_shape, sels):
+        return a + b
+    if not _is_block(sels):
+        return widen(a + b, full_shape, sels)
+    full = _zeros_for_gradient(a, full_shape)
+    torch.add(a, b, out=_leading_block(full, sels))
+    return full
+
+
+def _leading_count(sel: Selection) -> int | None:
+    """How many leading entries `sel` takes, or None if it takes the first dims of each head (not a block)."""
+    if isinstance(sel, int):
+        return sel
+    return sel.heads * sel.max_head_dim if sel.head_dim == sel.max_head_dim else None
+
+
+def _is_block(sels: dict[int, Selection]) -> bool:
+    return all(_leading_count(sel) is not None for sel in sels.values())
+
+
+def _leading_block(full: torch.Tensor, sels: dict[int, Selection]) -> torch.Tensor:
+    """The view of `full` that block selections `sels` select: the part's shape, `full`'s strides."""
+    for dim, sel in sels.items():
+        full = full.narrow(dim, 0, _leading_count(sel))
+    return full
+
+
+def _is_whole(full_shape: torch.Size, sels: dict[int, Selection]) -> bool:
+    return all(_leading_count(sel) == full_shape[dim] for dim, sel in sels.items())
 
 
 def _load_madvise() -> Callable[[int, int, int], int] | None:
@@ -108,25 +162,8 @@ def _zeros_for_gradient(like: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out.zero_()
 
 
-def _is_whole(sel: Selection, size: int) -> bool:
-    if isinstance(sel, int):
-        return sel == size
-    return sel.head_dim == sel.max_head_dim and sel.heads * sel.max_head_dim == size
-
-
-def _linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, want_x: bool, want_weight: bool,
-                     want_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """nn.Linear's gradients, the weight's as `grad^T @ x` so it comes out [out, in] and contiguous.
-
-    Autograd's own linear backward picks the GEMM orientation from the weight's strides; for a slice of a
-    wider weight it computes `x^T @ grad` and returns a transposed gradient, which on CPU made the
-    decoder's weight GEMM about 2x slower and every later copy of the gradient a strided one.
-    """
-    grad_x = grad @ weight if want_x else None
-    grad_2d = grad.reshape(-1, grad.shape[-1])
-    grad_weight = grad_2d.t() @ x.reshape(-1, x.shape[-1]) if want_weight else None
-    grad_bias = grad_2d.sum(0) if want_bias else None
-    return grad_x, grad_weight, grad_bias
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
 
 
 class _ElasticLinear(torch.autograd.Function):
@@ -141,13 +178,18 @@ class _ElasticLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        # The weight's gradient as grad^T @ x, [out, in] like the weight: autograd's own linear backward
+        # follows the slice's strides instead and computes it transposed, which on CPU made the decoder's
+        # weight GEMM about 2x slower and every later copy of the gradient a strided one.
         x, part = ctx.saved_tensors
         want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
-        grad_x, grad_weight, grad_bias = _linear_backward(grad, x, part, want_x, want_weight, want_bias)
-        if grad_weight is not None:
-            grad_weight = widen(grad_weight, ctx.weight_shape, {0: ctx.out_sel, 1: ctx.in_sel})
-        if grad_bias is not None:
-            grad_bias = widen(grad_bias, ctx.bias_shape, {0: ctx.out_sel})
+        grad_x = grad @ part if want_x else None
+        grad_weight = grad_bias = None
+        rows = _rows(grad)
+        if want_weight:
+            grad_weight = _widened_product(rows.t(), _rows(x), ctx.weight_shape, {0: ctx.out_sel, 1: ctx.in_sel})
+        if want_bias:
+            grad_bias = widen(rows.sum(0), ctx.bias_shape, {0: ctx.out_sel})
         return grad_x, grad_weight, grad_bias, None, None
 
 
@@ -170,8 +212,8 @@ class _SharedSlice(torch.autograd.Function):
         grads = [g for g in (grad_part, grad_handle) if g is not None]
         if not grads:
             return None, None, None
-        total = grads[0] if len(grads) == 1 else grads[0] + grads[1]
-        return widen(total, ctx.full_shape, {ctx.dim: ctx.count}), None, None
+        second = grads[1] if len(grads) == 2 else None
+        return _widened_sum(grads[0], second, ctx.full_shape, {ctx.dim: ctx.count}), None, None
 
 
 def select_shared(weight: torch.Tensor, dim: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,9 +234,12 @@ class _TiedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, part = ctx.saved_tensors
+        x, part = ctx.saved_tensors  # as _ElasticLinear, but the weight's gradient stays the part's size
         want_x, want_handle, _, want_bias = ctx.needs_input_grad
-        grad_x, grad_part, grad_bias = _linear_backward(grad, x, part, want_x, want_handle, want_bias)
+        grad_x = grad @ part if want_x else None
+        rows = _rows(grad)
+        grad_part = rows.t() @ _rows(x) if want_handle else None
+        grad_bias = rows.sum(0) if want_bias else None
         return grad_x, grad_part, None, grad_bias
 
 
