@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/superplm_overhead.py            # mlm space (8 x 768, 12 heads, 3072 ffn), 8 x 128
     .venv/bin/python bench/superplm_overhead.py --quick    # smoke run (tiny space, seconds)
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 .venv/bin/deepspeed --num_accelerators 2 \
+        bench/superplm_overhead.py --deepspeed               # the same inside a 2-rank DeepSpeed run (tokens/s)
 
 A = SuperBert of the `mlm` space at `space.largest()`, B = `BertForMaskedLM` holding the same weights
 (checked: the same loss without dropout). One timed repeat is a whole train step for each: zero_grad
@@ -23,6 +25,7 @@ import sys
 
 import torch
 
+import _deepspeed_overhead
 from _common import (Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
                      set_threads)
 from atb.model.elastic import SuperBert, SuperBertConfig
@@ -44,11 +47,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sparse-head", action="store_true",
                         help="extra line: SuperBert with logits at labelled positions only (not in the ratio)")
-    args = parser.parse_args()
+    _deepspeed_overhead.add_arguments(parser)
+    args, _ = parser.parse_known_args()  # the deepspeed launcher appends --local_rank
     vocab = 30522
     if args.quick:
         args.space, vocab, args.batch, args.seq, args.repeats = "tiny", 100, 2, 16, 1
-    set_threads(args.threads)
+    if not args.deepspeed:
+        set_threads(args.threads)
     torch.manual_seed(0)
     cfg = SuperBertConfig(space=SearchSpace.load(args.space).to_spec(), vocab_size=vocab)
     supernet = SuperBert(cfg).train()
@@ -61,6 +66,8 @@ def main() -> None:
         raise SystemExit(f"parameter counts differ: SuperBert {count(supernet)}, {dense_name} {count(dense)}")
     batch = mlm_batch(args.batch, args.seq, vocab)
     check_same_function(supernet, dense, arch, batch)
+    if args.deepspeed:
+        return _deepspeed_overhead.run(args, supernet, dense, arch, vocab)
     hyper = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
     super_opt = torch.optim.AdamW(supernet.parameters(), **hyper)
     dense_opt = torch.optim.AdamW(dense.parameters(), **hyper)

@@ -7,6 +7,7 @@ all-reduce op, which compiles for ~30 s on first use and only serves inference, 
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if on_cpu else None, verbose=False,
                                    timeout=timedelta(seconds=timeout_s))
+        atexit.register(_shut_down)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if on_cpu:
         device = torch.device("cpu")
@@ -55,6 +57,16 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         get_accelerator().set_device(local_rank)
         device = torch.device(get_accelerator().device_name(local_rank))
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def _shut_down() -> None:
+    """Destroy the process group before the interpreter tears down: left to static destructors, gloo's
+    worker threads were sometimes still joinable and the rank died with SIGABRT ("terminate called
+    without an active exception") after a run had finished and saved everything."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
