@@ -22,7 +22,7 @@ def test_micro_demo_end_to_end(tmp_path):
         corpus.write_text("".join(next(fh) for _ in range(300)))
     out = tmp_path / "demo"
     proc = subprocess.run([PYTHON, str(REPO / "tools" / "demo.py"), "--size", "micro", "--out_dir", str(out),
-                           "--corpus", str(corpus)], capture_output=True, text=True, timeout=900,
+                           "--corpus", str(corpus), "--tasks", "movie_sentiment"], capture_output=True, text=True, timeout=900,
                           env={**os.environ, **DIST_ENV}, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -43,13 +43,13 @@ def test_micro_demo_end_to_end(tmp_path):
         with torch.no_grad():
             assert torch.isfinite(model(input_ids=ids).logits).all()
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
-        metrics = json.loads((out / "finetune" / row["arch_name"] / "metrics.json").read_text())
+        metrics = json.loads((out / "finetune" / "movie_sentiment" / row["arch_name"] / "metrics.json").read_text())
         assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
     assert (out / "plots" / "pretrain_loss.png").is_file()
     # a second run reuses every stage
     again = subprocess.run([PYTHON, str(REPO / "tools" / "demo.py"), "--size", "micro", "--out_dir", str(out),
-                            "--corpus", str(corpus)], capture_output=True, text=True, timeout=300,
+                            "--corpus", str(corpus), "--tasks", "movie_sentiment"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, **DIST_ENV}, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("reusing") == 5

@@ -500,3 +500,16 @@ def test_small_export_beats_the_majority_baseline_on_builtin_tasks(tmp_path):
     assert movie["test"]["accuracy"] > movie["majority_baseline"]["test"]["accuracy"] + 0.15
     assert spam["dev"]["accuracy"] > spam["majority_baseline"]["dev"]["accuracy"] + 0.05  # ~0.99 vs 0.90
     assert spam["dev"]["mcc"] > 0.7 and spam["dev"]["f1"] > 0.7  # the baseline scores 0 on both
+
+
+def test_eval_subset_is_random_and_the_same_for_every_seed():
+    """Task files are often sorted by label (movie_sentiment is): the first N dev rows would be one class."""
+    import datasets
+
+    from atb.finetune.tasks import EVAL_SUBSET_SEED, subsample
+
+    sorted_by_label = datasets.Dataset.from_dict({"label": [0] * 500 + [1] * 500})
+    picked = subsample(sorted_by_label, 100, EVAL_SUBSET_SEED)["label"]
+    assert 30 <= sum(picked) <= 70
+    assert picked == subsample(sorted_by_label, 100, EVAL_SUBSET_SEED)["label"]
+    assert subsample(sorted_by_label, 100, None)["label"] == [0] * 100

@@ -2,7 +2,7 @@
 
     pre-train a SuperPLM (2 ranks, DeepSpeed ZeRO-2) -> measure latency, fit the predictor -> search
     3 latency targets -> develop the 3 picks (+ BERT-ratio baselines) in one run -> fine-tune each on
-    movie_sentiment -> runs/demo/report.md
+    movie_sentiment and sms_spam -> runs/demo/report.md
 
     make demo                                     # or: .venv/bin/python tools/demo.py
     .venv/bin/python tools/demo.py --size micro   # a minutes-long smoke version (the end-to-end test)
@@ -25,7 +25,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     size: str = "demo"  # demo (~12 min on 2 CPU cores) | micro (smoke test, ~2 min)
     targets: str = ""  # speed-ups over the space's largest arch (default: 2x,4x,8x; micro: 1.5x,2x,3x)
-    task: str = "movie_sentiment"
+    tasks: str = "movie_sentiment,sms_spam"  # built-in task names or task folders, comma-separated
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)
     ranks: int = 2
 

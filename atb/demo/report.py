@@ -46,32 +46,37 @@ def accuracy(metrics: dict | None, split: str = "dev") -> tuple[float | None, fl
     return acc, majority
 
 
-def write_report(out: Path, task: str, timings: dict[str, float], total_s: float) -> Path:
+def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s: float) -> Path:
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     lines = ["# atb demo report", "",
              "SuperPLM pre-trained on the built-in corpus, latency predicted for this machine, architectures "
-             f"searched for each target, developed in one run and fine-tuned on `{task}`.", ""]
+             f"searched for each target, developed in one run and fine-tuned on {', '.join(f'`{t}`' for t in tasks)}. "
+             "Task scores are dev accuracy, with the majority-class accuracy on the same rows in brackets.", ""]
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
     lines += ["## Models", "",
               "| arch | target | params (M) | predicted ms | measured ms | speed-up vs largest | dev MLM loss | "
-              f"{task} dev acc | majority acc |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    by_target: dict[str, dict[str, float | None]] = {}
+              + " | ".join(f"{t} acc (majority)" for t in tasks) + " |",
+              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+    by_target: dict[tuple[str, str], dict[str, float | None]] = {}
     for row in manifest["models"]:
-        acc, majority = accuracy(_read(out / "finetune" / row["arch_name"] / "metrics.json"))
-        lines.append(f"| {row['arch_name']} | {row.get('target') or '-'} | {row['params'] / 1e6:.2f} | "
+        cells = []
+        target = str(row.get("target") or "")
+        for task in tasks:
+            acc, majority = accuracy(_read(out / "finetune" / task / row["arch_name"] / "metrics.json"))
+            cells.append(f"{_fmt(acc, '.3f')} ({_fmt(majority, '.3f')})")
+            key = (task, target.replace(" (BERT-ratio)", ""))
+            by_target.setdefault(key, {})["baseline" if "BERT-ratio" in target else "searched"] = acc
+        lines.append(f"| {row['arch_name']} | {target or '-'} | {row['params'] / 1e6:.2f} | "
                      f"{_fmt(row.get('predicted_ms'))} | {_fmt(row.get('measured_ms'))} | "
                      f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(row.get('dev_loss'), '.3f')} | "
-                     f"{_fmt(acc, '.3f')} | {_fmt(majority, '.3f')} |")
-        target = str(row.get("target") or "")
-        key = target.replace(" (BERT-ratio)", "")
-        by_target.setdefault(key, {})["baseline" if "BERT-ratio" in target else "searched"] = acc
+                     + " | ".join(cells) + " |")
     lines += ["", "## The paper's claim: searched arch vs BERT-ratio arch at the same latency", "",
-              "| target | searched acc | BERT-ratio acc | searched better |", "|---|---:|---:|---|"]
-    for target, accs in by_target.items():
+              "| task | target | searched acc | BERT-ratio acc | searched better |", "|---|---|---:|---:|---|"]
+    for (task, target), accs in by_target.items():
         s, b = accs.get("searched"), accs.get("baseline")
         verdict = "-" if s is None or b is None else ("yes" if s > b else ("tie" if s == b else "no"))
-        lines.append(f"| {target} | {_fmt(s, '.3f')} | {_fmt(b, '.3f')} | {verdict} |")
+        lines.append(f"| {task} | {target} | {_fmt(s, '.3f')} | {_fmt(b, '.3f')} | {verdict} |")
     search = _read(out / "search" / "results.json") or {}
     sanity = search.get("sanity", {})
     if sanity.get("warning"):

@@ -38,7 +38,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     seed: int = 42
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
-    max_eval_samples: int | None = None  # the first N dev/test examples, for speed
+    max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
     bf16: bool = False  # without DeepSpeed; with it the DeepSpeed config decides
     report_to: str = "none"  # Trainer integrations, e.g. tensorboard or wandb

@@ -32,7 +32,7 @@ from transformers import (
 from atb.cli import config_record
 from atb.finetune import classification, qa
 from atb.finetune.config import FinetuneConfig, check_inputs
-from atb.finetune.tasks import Task, load_task, subsample
+from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
 
 ARCH_JSON = "atb_arch.json"
@@ -57,7 +57,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
 
     train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
-    eval_examples = {s: subsample(d, cfg.max_eval_samples, None) for s, d in task.splits.items() if s != "train"}
+    # a random subset, not the first rows (task files are often ordered by label), and the same rows for
+    # every model and training seed so that scores stay comparable
+    eval_examples = {s: subsample(d, cfg.max_eval_samples, EVAL_SUBSET_SEED) for s, d in task.splits.items()
+                     if s != "train"}
     if task.task_type == "qa":
         train_features = qa.encode_train(train_examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
     else:

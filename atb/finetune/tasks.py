@@ -51,6 +51,9 @@ def load_task(cfg: FinetuneConfig) -> Task:
     return _load_text(cfg, name, paths)
 
 
+EVAL_SUBSET_SEED = 0  # fixed: every model is scored on the same dev/test rows
+
+
 def subsample(dataset: datasets.Dataset, limit: int | None, seed: int | None) -> datasets.Dataset:
     """At most `limit` rows: a seeded random subset (seed given) or the first rows (seed None)."""
     if limit is None or limit >= len(dataset):
