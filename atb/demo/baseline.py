@@ -41,11 +41,13 @@ def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str, ou
     for entry in entries_from_results(read_json(results, "search results")):
         entries.append(entry)
         seen.add(entry["arch"])
+    pairs = {}  # target -> {searched, baseline}: the search may pick the BERT-ratio arch itself
     for entry in list(entries):
         target_ms = entry["predicted_ms"]
         best = min(range(len(family)), key=lambda i: abs(float(family_ms[i]) - target_ms))
         arch = family[best]
-        if arch.name in seen:
+        pairs[entry["target"]] = {"searched": entry["arch"], "baseline": arch.name}
+        if arch.name in seen:  # developed and fine-tuned once, compared under both names
             continue
         seen.add(arch.name)
         entries.append({"target": f"{entry['target']} (BERT-ratio)", "arch": arch.name,
@@ -53,5 +55,5 @@ def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str, ou
     # written in the search's results format, so tools/develop.py --results reads it
     write_json_atomic(out, {"targets": [{"target": e["target"], "best": {"arch": e["arch"],
                                                                          "latency_ms": e["predicted_ms"]}}
-                                        for e in entries]})
+                                        for e in entries], "pairs": pairs})
     return entries
