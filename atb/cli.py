@@ -87,6 +87,10 @@ def _entry(cls: type[C], run: Callable[[C], Any], prog: str, help_only: bool = F
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"{prog}: error: {msg}", file=sys.stderr)
             sys.exit(2)
+        if "torch.distributed" in sys.modules:  # a finished multi-rank job: see exit_after_success
+            from atb.train.distributed import exit_after_success
+
+            exit_after_success()
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(cls).parameters.values()]
     # fire would run the job with the flags it knows and only then complain about the others; taking them

@@ -301,6 +301,7 @@ def test_kd_fitness_runs_the_teacher_once_and_scores_attention_against_it():
     from atb.train.objectives import kd_losses
 
     projection = ElasticLinear(48, 24)
+    torch.nn.init.normal_(projection.weight, std=0.02)  # its owner initialises it (torch.empty otherwise)
     with_projection = DevLossFitness(student, batches, objective="kd", teacher=teacher, projection=projection)
     expected = 0.0
     with torch.no_grad():

@@ -67,6 +67,9 @@ class SuperBertOutput:
 
 
 class ElasticLinear(nn.Module):
+    """A linear layer every sub-arch slices. The weight starts uninitialised: its owner initialises it
+    (SuperBert._init_weights, the KD projection), once, with the RNG stream the model's seed defines."""
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
