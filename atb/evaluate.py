@@ -83,9 +83,9 @@ class DevLossFitness:
 
 
 def _attention_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    valid = attention_mask.bool()
-    pair = (valid[:, None, :, None] & valid[:, None, None, :]).expand_as(student)
-    return torch.nn.functional.mse_loss(student[pair], teacher.to(student.dtype)[pair])
+    from atb.train.objectives import attention_score_mse
+
+    return attention_score_mse(student, teacher, attention_mask)
 
 
 KD_PROJECTION_FILE = "kd_projection.safetensors"

@@ -92,12 +92,28 @@ def kd_losses(student_scores: torch.Tensor, mapped: torch.Tensor, teacher: Teach
     if student_scores.shape[1] != teacher.scores.shape[1]:
         raise ValueError(f"KD needs equal head counts: student {student_scores.shape[1]}, "
                          f"teacher {teacher.scores.shape[1]}")
-    valid_tok = attention_mask.bool()
-    valid_pair = (valid_tok[:, None, :, None] & valid_tok[:, None, None, :]).expand_as(student_scores)
-    t_scores = teacher.scores.to(student_scores.dtype)
-    attn = F.mse_loss(student_scores[valid_pair], t_scores[valid_pair])
-    hidden = F.mse_loss(mapped[valid_tok], teacher.hidden.to(mapped.dtype)[valid_tok])
+    attn = attention_score_mse(student_scores, teacher.scores, attention_mask)
+    tokens = attention_mask.to(mapped.dtype)[..., None]  # [batch, seq, 1]
+    hidden = masked_mse(mapped, teacher.hidden.to(mapped.dtype), tokens)
     return {"kd_attn": attn, "kd_hidden": hidden}
+
+
+def attention_score_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the (query, key) pairs where both tokens are real, for [batch, heads, seq, seq] scores."""
+    tokens = attention_mask.to(student.dtype)
+    pairs = tokens[:, None, :, None] * tokens[:, None, None, :]  # [batch, 1, seq, seq]
+    return masked_mse(student, teacher.to(student.dtype), pairs)
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean((a - b)^2) over the entries where the 0/1 `weights` (broadcast to a's shape) are 1.
+
+    The same value as `F.mse_loss(a[mask], b[mask])`, without the boolean gather: on CPU that gather and
+    its scatter-back in backward took ~90 ms per student per step for 8 x 12 x 128 x 128 scores, a third
+    of a small student's step (profiled), where these elementwise ops take a few ms.
+    """
+    count = weights.expand_as(a).sum() if weights.shape != a.shape else weights.sum()
+    return ((a - b).square() * weights).sum() / count
 
 
 def inplace_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
