@@ -1,8 +1,9 @@
-"""The demo report's comparison with the BERT-ratio baseline, on hand-made artefacts."""
+"""The demo report (comparison with the BERT-ratio baseline, restart marks) and the demo fine-tuning restart rule, on hand-made artefacts."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from atb.demo.baseline import bert_ratio_archs
 from atb.demo.report import write_report
@@ -27,8 +28,9 @@ def test_report_compares_each_target_with_its_baseline(tmp_path):
         {"arch_name": name, "target": "t", "params": 4e6, "path": str(tmp_path / name)} for name in archs]})
     for name, (movie, spam) in archs.items():
         for task, acc in (("movie_sentiment", movie), ("sms_spam", spam)):
+            restarted = {"restarts": 2} if (name, task) == ("L2_H128_A2_Q128_F512", "sms_spam") else {}
             _write(tmp_path / "finetune" / task / name / "metrics.json",
-                   {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}})
+                   {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}, **restarted})
     _write(tmp_path / "develop_picks.json", {"pairs": {
         "4x": {"searched": "L2_H128_A3_Q192_F512", "baseline": "L2_H128_A2_Q128_F512"},
         "2x": {"searched": "L4_H128_A2_Q128_F512", "baseline": "L4_H128_A2_Q128_F512"}}})
@@ -40,3 +42,39 @@ def test_report_compares_each_target_with_its_baseline(tmp_path):
     assert rows[("sms_spam", "4x")].rstrip(" |").endswith("tie")
     assert "same arch" in rows[("movie_sentiment", "2x")]
     assert "0.720 (0.500)" in text  # a model row: task accuracy with the majority accuracy beside it
+    model_rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| L")}
+    assert "0.990 (0.500) r2 |" in model_rows["L2_H128_A2_Q128_F512"]  # restarted twice, marked
+    assert " r" not in model_rows["L2_H128_A3_Q192_F512"].split("|", 8)[-1]
+
+
+def test_finetune_restarts_only_runs_that_end_at_the_majority_class(tmp_path):
+    """The demo's restart rule: a run no better than the majority class on dev is rerun with the next seed,
+    at most `restarts` times; the kept run's metrics.json records how many restarts it took."""
+    from atb.demo.finetune_models import finetune_with_restarts
+    from atb.finetune import FinetuneConfig
+
+    def fake_finetune(outcomes):
+        seeds = []
+
+        def run(cfg):
+            seeds.append(cfg.seed)
+            acc = outcomes[len(seeds) - 1]
+            record = {"task": "t", "seed": cfg.seed, "dev": {"accuracy": acc},
+                      "majority_baseline": {"dev": {"accuracy": 0.6}}}
+            _write(Path(cfg.out_dir) / "metrics.json", record)  # as finetune: returns what it writes
+            return record
+        return run, seeds
+
+    cfg = FinetuneConfig(model="m", task="t", out_dir=str(tmp_path / "a"), seed=7)
+    run, seeds = fake_finetune([0.6, 0.55, 0.8, 0.9])
+    record = finetune_with_restarts(cfg, 3, run)
+    assert seeds == [7, 8, 9] and record["dev"]["accuracy"] == 0.8 and record["restarts"] == 2
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["restarts"] == 2 and saved["seed"] == 9  # the kept run's file, not the first one's
+
+    run, seeds = fake_finetune([0.6, 0.6, 0.6])
+    assert finetune_with_restarts(cfg, 2, run)["restarts"] == 2 and seeds == [7, 8, 9]  # gives up after 2
+    run, seeds = fake_finetune([0.61])
+    assert finetune_with_restarts(cfg, 2, run)["restarts"] == 0 and seeds == [7]  # a good run is kept as is
+    run, seeds = fake_finetune([0.5])
+    assert "restarts" not in finetune_with_restarts(cfg, 0, run) and seeds == [7]

@@ -6,15 +6,49 @@ process for all runs saves that eleven times over. Each run is still a plain `at
 call with its own config, seed and output folder, exactly what `tools/finetune.py` would do with the
 same flags.
 
-    python -m atb.demo.finetune_models runs.json     # a JSON list of FinetuneConfig fields
+Fine-tuning a tiny model whose pre-training was short sits on a plateau (train loss ln 2) before it
+learns the task, and some seeds do not leave it within the demo's few hundred steps: the run ends at
+the majority class. As the BERT paper did for unstable fine-tuning, such a run is restarted with the
+next seed, up to `restarts` times per run; the count goes into its metrics.json (`restarts`) and the
+report marks it. The criterion is only "no better than the majority class on dev", not a pick of the
+best of several seeds, so the dev score is not selected upward.
+
+    python -m atb.demo.finetune_models runs.json     # a JSON list of FinetuneConfig fields (+ "restarts")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+from atb.fsutil import write_json_atomic
+
+
+def at_majority_class(record: dict[str, Any]) -> bool:
+    """Whether the run's dev accuracy is no better than always predicting the majority class."""
+    acc = (record.get("dev") or {}).get("accuracy")
+    majority = ((record.get("majority_baseline") or {}).get("dev") or {}).get("accuracy")
+    return acc is not None and majority is not None and acc <= majority
+
+
+def finetune_with_restarts(cfg: Any, restarts: int, finetune: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run `finetune(cfg)`; while it ends at the majority class and restarts remain, rerun with seed + 1."""
+    record = finetune(cfg)
+    done = 0
+    while done < restarts and at_majority_class(record):
+        done += 1
+        print(f"  {Path(cfg.model).name} ended at the majority class with seed {cfg.seed}: restart {done} of "
+              f"{restarts} with seed {cfg.seed + 1}", flush=True)
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, overwrite=True)
+        record = finetune(cfg)
+    if restarts:
+        record = {**record, "restarts": done}
+        write_json_atomic(Path(cfg.out_dir) / "metrics.json", record)
+    return record
 
 
 def main(spec_file: str) -> None:
@@ -22,15 +56,18 @@ def main(spec_file: str) -> None:
 
     runs = json.loads(Path(spec_file).read_text())
     for i, fields in enumerate(runs, 1):
+        fields = dict(fields)
+        restarts = int(fields.pop("restarts", 0))
         cfg = FinetuneConfig(**fields)
         cfg.validate()
         started = time.perf_counter()
-        record = finetune(cfg)
+        record = finetune_with_restarts(cfg, restarts, finetune)
         dev = record.get("dev", {})
         majority = (record.get("majority_baseline") or {}).get("dev", {})
         score = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if isinstance(v, float))
         base = f" (majority accuracy {majority['accuracy']:.3f})" if "accuracy" in majority else ""
-        print(f"[{i}/{len(runs)}] {record['task']} {Path(cfg.model).name}: dev {score}{base} "
+        again = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
+        print(f"[{i}/{len(runs)}] {record['task']} {Path(cfg.model).name}: dev {score}{base}{again} "
               f"in {time.perf_counter() - started:.0f} s -> {cfg.out_dir}", flush=True)
 
 

@@ -38,6 +38,11 @@ def plot_pretrain_loss(metrics: Path, png: Path) -> bool:
     return True
 
 
+def restart_mark(metrics: dict | None) -> str:
+    """` r<k>` after a score whose run was restarted k times (it first ended at the majority class)."""
+    return f" r{metrics['restarts']}" if metrics and metrics.get("restarts") else ""
+
+
 def accuracy(metrics: dict | None, split: str = "dev") -> tuple[float | None, float | None]:
     if not metrics:
         return None, None
@@ -52,7 +57,9 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
     lines = ["# atb demo report", "",
              "SuperPLM pre-trained on the built-in corpus, latency predicted for this machine, architectures "
              f"searched for each target, developed in one run and fine-tuned on {', '.join(f'`{t}`' for t in tasks)}. "
-             "Task scores are dev accuracy, with the majority-class accuracy on the same rows in brackets.", ""]
+             "Task scores are dev accuracy, with the majority-class accuracy on the same rows in brackets; "
+             "`r1`, `r2`: the run first ended at the majority class and was restarted with the next seed that "
+             "many times (as the BERT paper did for unstable fine-tuning).", ""]
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
     lines += ["## Models", "",
               "| arch | target | params (M) | predicted ms | measured ms | speed-up vs largest | dev MLM loss | "
@@ -62,9 +69,10 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
     for row in manifest["models"]:
         cells = []
         for task in tasks:
-            acc, majority = accuracy(_read(out / "finetune" / task / row["arch_name"] / "metrics.json"))
+            metrics = _read(out / "finetune" / task / row["arch_name"] / "metrics.json")
+            acc, majority = accuracy(metrics)
             accs[(task, row["arch_name"])] = acc
-            cells.append(f"{_fmt(acc, '.3f')} ({_fmt(majority, '.3f')})")
+            cells.append(f"{_fmt(acc, '.3f')} ({_fmt(majority, '.3f')}){restart_mark(metrics)}")
         lines.append(f"| {row['arch_name']} | {row.get('target') or '-'} | {row['params'] / 1e6:.2f} | "
                      f"{_fmt(row.get('predicted_ms'))} | {_fmt(row.get('measured_ms'))} | "
                      f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(row.get('dev_loss'), '.3f')} | "
