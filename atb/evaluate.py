@@ -67,25 +67,19 @@ class DevLossFitness:
         return total / tokens
 
     def _kd_loss(self, arch: Arch) -> float:
-        from atb.train.objectives import kd_losses
+        from atb.train.objectives import attention_score_mse, kd_losses
 
         total = 0.0
         for b, t_out in zip(self.batches, self.teacher_outputs):
             hidden, scores = self.model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"], arch,
                                                want_scores=True)
             if self.projection is None:  # no trained projection: the attention term alone
-                total += float(_attention_mse(scores, t_out.scores, b["attention_mask"]))
+                total += float(attention_score_mse(scores, t_out.scores, b["attention_mask"]))
             else:
                 mapped = self.projection(hidden, self.projection.weight.shape[0], arch.hidden)
                 parts = kd_losses(scores, mapped, t_out, b["attention_mask"])
                 total += float(sum(parts.values()))
         return total / len(self.batches)
-
-
-def _attention_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    from atb.train.objectives import attention_score_mse
-
-    return attention_score_mse(student, teacher, attention_mask)
 
 
 KD_PROJECTION_FILE = "kd_projection.safetensors"

@@ -274,8 +274,8 @@ def test_kd_fitness_runs_the_teacher_once_and_scores_attention_against_it():
     from conftest import make_supernet
     from transformers import BertConfig, BertModel
 
-    from atb.evaluate import DevLossFitness, _attention_mse
-    from atb.train.objectives import Teacher
+    from atb.evaluate import DevLossFitness
+    from atb.train.objectives import Teacher, attention_score_mse
 
     torch.manual_seed(0)
     teacher = Teacher(BertModel(BertConfig(vocab_size=100, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
@@ -293,8 +293,8 @@ def test_kd_fitness_runs_the_teacher_once_and_scores_attention_against_it():
     with torch.no_grad():
         for b in batches:
             _, scores = student.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"], arch, want_scores=True)
-            expected += float(_attention_mse(scores, teacher(b["input_ids"], b["attention_mask"],
-                                                             b["token_type_ids"]).scores, b["attention_mask"]))
+            expected += float(attention_score_mse(scores, teacher(b["input_ids"], b["attention_mask"],
+                                                                  b["token_type_ids"]).scores, b["attention_mask"]))
     assert score == pytest.approx(expected / 2, rel=1e-5)
     # with the trained projection: the training objective's attention + hidden terms
     from atb.model.elastic import ElasticLinear

@@ -23,7 +23,7 @@ class DemoConfig:
     """Run the whole atb pipeline on the built-in demo corpus and tasks."""
 
     out_dir: str = "runs/demo"
-    size: str = "demo"  # demo (~12 min on 2 CPU cores) | micro (smoke test, ~2 min)
+    size: str = "demo"  # demo (~13-16 min on 2 CPU cores) | micro (smoke test, ~2 min)
     targets: str = ""  # speed-ups over the space's largest arch (default: 2x,4x,8x; micro: 1.5x,2x,3x)
     tasks: str = "movie_sentiment,sms_spam"  # built-in task names or task folders, comma-separated
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from atb.demo.report import accuracy
 from atb.fsutil import write_json_atomic
 
 
 def at_majority_class(record: dict[str, Any]) -> bool:
     """Whether the run's dev accuracy is no better than always predicting the majority class."""
-    acc = (record.get("dev") or {}).get("accuracy")
-    majority = ((record.get("majority_baseline") or {}).get("dev") or {}).get("accuracy")
+    acc, majority = accuracy(record)
     return acc is not None and majority is not None and acc <= majority
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atb.demo.report import finetune_dir, write_report
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -158,7 +160,7 @@ class Stages:
         runs = []
         for task in task_names(self.cfg.tasks):
             for row in manifest["models"]:
-                dest = self.out / "finetune" / Path(task).name / row["arch_name"]
+                dest = finetune_dir(self.out, task, row["arch_name"])
                 if not (dest / "metrics.json").exists():
                     runs.append({"model": str(row["path"]), "task": task, "out_dir": str(dest),
                                  "epochs": s.finetune_epochs, "max_train_samples": s.finetune_train,
@@ -198,8 +200,6 @@ class _AllExist:
 
 
 def run_demo(cfg) -> Path:
-    from atb.demo.report import write_report
-
     if cfg.size not in SIZES:
         raise ValueError(f"--size must be one of {sorted(SIZES)}, got {cfg.size!r}")
     out = Path(cfg.out_dir)
@@ -211,7 +211,7 @@ def run_demo(cfg) -> Path:
     stages.stage("3/5 search the latency targets", out / "search" / "results.json", stages.search)
     stages.stage("4/5 develop the picks in one run", out / "develop" / "manifest.json", stages.develop)
     tasks = task_names(cfg.tasks)
-    done = [out / "finetune" / Path(t).name / row for t in tasks for row in _model_names(out)]
+    done = [finetune_dir(out, t, arch) for t in tasks for arch in _model_names(out)]
     stages.stage("5/5 fine-tune on " + ", ".join(Path(t).name for t in tasks),
                  _AllExist([d / "metrics.json" for d in done]), stages.finetune)
     report = write_report(out, [Path(t).name for t in tasks], stages.timings, time.perf_counter() - t0)

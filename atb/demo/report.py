@@ -38,6 +38,11 @@ def plot_pretrain_loss(metrics: Path, png: Path) -> bool:
     return True
 
 
+def finetune_dir(out: Path, task: str, arch_name: str) -> Path:
+    """Where the demo keeps one (task, model) fine-tuning run; `task` may be a task folder's path."""
+    return out / "finetune" / Path(task).name / arch_name
+
+
 def restart_mark(metrics: dict | None) -> str:
     """` r<k>` after a score whose run was restarted k times (it first ended at the majority class)."""
     return f" r{metrics['restarts']}" if metrics and metrics.get("restarts") else ""
@@ -69,7 +74,7 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
     for row in manifest["models"]:
         cells = []
         for task in tasks:
-            metrics = _read(out / "finetune" / task / row["arch_name"] / "metrics.json")
+            metrics = _read(finetune_dir(out, task, row["arch_name"]) / "metrics.json")
             acc, majority = accuracy(metrics)
             accs[(task, row["arch_name"])] = acc
             cells.append(f"{_fmt(acc, '.3f')} ({_fmt(majority, '.3f')}){restart_mark(metrics)}")
