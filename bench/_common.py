@@ -66,13 +66,24 @@ def quartiles(values: tuple[float, ...] | list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def timed(fn: Callable[[], object]) -> float:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What a timer must wait for: CUDA kernels run asynchronously, so a wall clock read right after the
+    Python call returns would time the launches, not the work."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
-def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1) -> Comparison:
+def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1,
+            sync: Callable[[], None] = lambda: None) -> Comparison:
     """Time `a` and `b` `repeats` times each, alternating which goes first every round."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -83,11 +94,11 @@ def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warm
     b_times: list[float] = []
     for i in range(repeats):
         if i % 2 == 0:
-            a_times.append(timed(a))
-            b_times.append(timed(b))
+            a_times.append(timed(a, sync))
+            b_times.append(timed(b, sync))
         else:
-            b_times.append(timed(b))
-            a_times.append(timed(a))
+            b_times.append(timed(b, sync))
+            a_times.append(timed(a, sync))
     return Comparison(Samples(tuple(a_times)), Samples(tuple(b_times)))
 
 
@@ -96,11 +107,21 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def machine_line() -> str:
+def machine_line(device: torch.device | None = None) -> str:
     """What the figures were measured on, load included: a shared machine's numbers mean little without it."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+    gpu = f", {torch.cuda.get_device_name(device)}" if device is not None and device.type == "cuda" else ""
+    return (f"torch {torch.__version__}{gpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
             f"load average {load}")
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def same_function_tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """Loss tolerance for `check_same_function`: half precision rounds the two models' different (but
+    equivalent) operation orders differently; fp32 must agree to rounding."""
+    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
 
 
 def bench_line(name: str, ratio: float) -> str:
@@ -118,7 +139,8 @@ def mlm_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, torc
             "labels": labels}
 
 
-def check_same_function(supernet: torch.nn.Module, dense: torch.nn.Module, arch: Any, batch: dict) -> None:
+def check_same_function(supernet: torch.nn.Module, dense: torch.nn.Module, arch: Any, batch: dict,
+                        rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """Without dropout the two must give the same loss, or the timings would compare different work."""
     supernet.eval(), dense.eval()
     with torch.no_grad():
@@ -126,5 +148,5 @@ def check_same_function(supernet: torch.nn.Module, dense: torch.nn.Module, arch:
                      labels=batch["labels"], logits_for_all=True).loss
         b = dense(**batch).loss
     supernet.train(), dense.train()
-    if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+    if not torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol):
         raise SystemExit(f"{arch.name}: SuperBert loss {a.item()} != dense loss {b.item()}")

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, supernet: nn.Module, dense: nn.Module, arch: A
     config = ds_config.load(name, {
         "train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
         "lr": 1e-4, "weight_decay": 0.01, "warmup_max_lr": 1e-4, "warmup_num_steps": 1,
-        "total_num_steps": 10_000}, on_cpu=on_cpu)
+        "total_num_steps": 10_000})
     config.setdefault("steps_per_print", 10_000_000)
     config["wall_clock_breakdown"] = False
     batch = {k: v.to(env.device) for k, v in mlm_batch(args.batch, args.seq, vocab, seed=env.rank).items()}

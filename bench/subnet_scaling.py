@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/subnet_scaling.py               # mlm space, batch 8 x 128, 2 threads
     .venv/bin/python bench/subnet_scaling.py --quick       # smoke run (tiny space, seconds)
+    python bench/subnet_scaling.py --device cuda --dtype bf16 --batch 32 --repeats 20   # on a GPU
 
 For each arch (spread over the `mlm` space: 1 to 8 layers, hidden 128 to 768, 2 to 12 heads, narrow and
 wide FFNs; qkv == hidden so that stock BERT can express it), A = `SuperBert(arch=...)`, B = transformers
@@ -12,7 +13,9 @@ with the config's dropout (0.1), fp32, the same batch (random tokens, 15% of pos
 all-ones attention mask as in packed pre-training blocks) and the same threads; both compute logits over
 the full vocabulary at every position (SuperBert's `logits_for_all=True`, which is what BertForMaskedLM
 does). `--sparse-head` adds an extra, separately labelled line per arch for SuperBert's default of
-logits at labelled positions only; it never enters the ratio.
+logits at labelled positions only; it never enters the ratio. On CUDA, `--dtype bf16|fp16` casts both
+models' weights (as DeepSpeed's bf16/fp16 modes train them), one timed repeat runs `--steps_per_repeat`
+steps between two synchronisations, and the warm-up is 3 rounds (cuBLAS picks its kernels on first use).
 
 The last line is `BENCH subnet_scaling ratio=<worst over archs of median(SuperBert) / median(dense)>`.
 """
@@ -24,8 +27,8 @@ import sys
 
 import torch
 
-from _common import (Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
-                     set_threads)
+from _common import (DTYPES, Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
+                     same_function_tolerance, set_threads, synchronizer)
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.extract import build_masked_lm
 from atb.space import Arch, SearchSpace
@@ -44,6 +47,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="both models' weight dtype")
+    parser.add_argument("--steps_per_repeat", type=int, default=None, help="steps per timed repeat (CUDA: 10)")
     parser.add_argument("--archs", default=None, help="';'-separated arch names instead of the default spread")
     parser.add_argument("--sparse-head", action="store_true",
                         help="extra line: SuperBert with logits at labelled positions only (not in the ratio)")
@@ -54,12 +60,17 @@ def main() -> None:
         args.batch, args.seq, args.repeats = 2, 16, 1
     if args.archs:
         arch_names = tuple(a for a in args.archs.split(";") if a)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cpu" and dtype != torch.float32:
+        raise SystemExit(f"--dtype {args.dtype} is for CUDA; on the CPU both models train in fp32 here")
+    on_cuda = device.type == "cuda"
+    inner = args.steps_per_repeat or (10 if on_cuda else 1)
     set_threads(args.threads)
     torch.manual_seed(0)
     space = SearchSpace.load(space_name)
     cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab)
-    supernet = SuperBert(cfg).train()
-    batch = mlm_batch(args.batch, args.seq, vocab)
+    supernet = SuperBert(cfg).to(device, dtype).train()
+    batch = {k: v.to(device) for k, v in mlm_batch(args.batch, args.seq, vocab).items()}
     archs = [Arch.parse(name) for name in arch_names]
     for arch in archs:
         space.validate(arch)
@@ -68,33 +79,38 @@ def main() -> None:
 
     def supernet_step(arch: Arch, all_logits: bool = True):
         def step() -> None:
-            supernet.zero_grad(set_to_none=True)
-            supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch,
-                     labels=batch["labels"], logits_for_all=all_logits).loss.backward()
+            for _ in range(inner):
+                supernet.zero_grad(set_to_none=True)
+                supernet(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], arch=arch,
+                         labels=batch["labels"], logits_for_all=all_logits).loss.backward()
         return step
 
     def dense_step(model: torch.nn.Module):
         def step() -> None:
-            model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
+            for _ in range(inner):
+                model.zero_grad(set_to_none=True)
+                model(**batch).loss.backward()
         return step
 
+    timing = dict(sync=synchronizer(device), warmup=3 if on_cuda else 1)
+
     print(f"subnet_scaling: space {space_name}, batch {args.batch} x {args.seq}, {args.repeats} repeats "
-          f"per arch, fp32, train mode (dropout {cfg.hidden_dropout_prob}); {machine_line()}", flush=True)
+          f"per arch of {inner} step(s), {args.dtype} on {device}, train mode (dropout {cfg.hidden_dropout_prob}); "
+          f"{machine_line(device)}", flush=True)
     results: dict[str, Comparison] = {}
     for arch in archs:
-        dense = build_masked_lm(supernet, arch).train()
-        check_same_function(supernet, dense, arch, batch)
-        result = compare(supernet_step(arch), dense_step(dense), args.repeats)
+        dense = build_masked_lm(supernet, arch).to(device, dtype).train()
+        check_same_function(supernet, dense, arch, batch, **same_function_tolerance(dtype))
+        result = compare(supernet_step(arch), dense_step(dense), args.repeats, **timing)
         results[arch.name] = result
         print(f"{arch.name}: {result.describe('SuperBert', 'dense')}", flush=True)
         if args.sparse_head:
-            extra = compare(supernet_step(arch, all_logits=False), dense_step(dense), args.repeats)
+            extra = compare(supernet_step(arch, all_logits=False), dense_step(dense), args.repeats, **timing)
             print(f"  extra, not in the ratio: SuperBert with logits at labelled positions only vs dense "
                   f"(all positions): {extra.describe('SuperBert-sparse', 'dense')}", flush=True)
         del dense
     worst = max(results, key=lambda name: results[name].ratio)
-    print(f"worst: {worst} at {results[worst].ratio:.3f}; after: {machine_line()}")
+    print(f"worst: {worst} at {results[worst].ratio:.3f}; after: {machine_line(device)}")
     print(bench_line("subnet_scaling", results[worst].ratio))
 
 

@@ -9,10 +9,21 @@ import socket
 import subprocess
 from pathlib import Path
 
+import torch
+
 from conftest import PYTHON, REPO
 
 DIST_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def tool_env(nproc: int) -> dict[str, str]:
+    """DIST_ENV, but a job with a GPU for each of its ranks runs on the GPUs (NCCL): on a GPU machine the
+    suite then also checks the CUDA paths (bf16/fp16 engines); anything else runs on the CPU with gloo."""
+    env = {**os.environ, **DIST_ENV}
+    if torch.cuda.is_available() and torch.cuda.device_count() >= nproc:
+        env.pop("DS_ACCELERATOR")
+    return env
 
 
 def free_port() -> int:
@@ -32,8 +43,8 @@ def run_tool(tool: str, args: list, nproc: int = 1, timeout: int = 300, check: b
         cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), script]
     cmd += [str(a) for a in args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **DIST_ENV},
-                          cwd=REPO)
+    ranks = nproc if launcher is None else 2  # the launcher tests start two ranks
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=tool_env(ranks), cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

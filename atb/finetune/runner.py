@@ -204,12 +204,12 @@ def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
     transformers fills the config's "auto" values from TrainingArguments and rejects any concrete value
     that disagrees with them, so precision and Adam's eps/betas are taken from the config. atb's own
-    "torch_adam": "auto" becomes True on CPU (FusedAdam needs a GPU and a 40 s build), and ZeRO-3 is
+    "torch_adam": "auto" becomes `ds_config.TORCH_ADAM_DEFAULT` (why: there), and ZeRO-3 is
     always told to gather the weights when saving (overriding the config) so that model/ holds a model
     that transformers loads.
     """
     from atb.train import ds_config as ds
-    from atb.train.distributed import accelerator_name, init_distributed
+    from atb.train.distributed import init_distributed
 
     path = ds.resolve_path(name)
     try:
@@ -217,10 +217,9 @@ def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise ValueError(f"DeepSpeed config {path} is not valid JSON: {err}") from None
     init_distributed()
-    on_cpu = accelerator_name() == "cpu"
     optimizer_params = config.get("optimizer", {}).get("params", {})
     if optimizer_params.get("torch_adam") == "auto":
-        optimizer_params["torch_adam"] = on_cpu
+        optimizer_params["torch_adam"] = ds.TORCH_ADAM_DEFAULT
     if ds.zero_stage(config) == 3:  # else save_model writes a sharded DeepSpeed checkpoint, not a model
         config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     precision = ds.precision(config)

@@ -3,6 +3,10 @@
 The JSON files say *how* to train (ZeRO stage, precision, offload); the CLI says *how much* (batch, lr,
 steps). Filling "auto" keeps one source of truth for each value, and any "auto" left unfilled is an error
 rather than something DeepSpeed would silently interpret.
+
+The bf16 configs set `"check_grad_overflow": false`: DeepSpeed's per-gradient inf/NaN scan before every step
+cost ~10 ms of host time a step on an H100 (bench/RESULTS.md), and bf16, with fp32's exponent range, has
+no loss scale for it to protect. A diverged run is stopped by the training loop's finite-loss check instead.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ def resolve_path(name_or_path: str) -> Path:
     raise FileNotFoundError(f"DeepSpeed config {name_or_path!r} not found (a path, or one of {known})")
 
 
-def load(name_or_path: str, values: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
+# torch's AdamW (foreach kernels on CUDA, over ZeRO's flat partitions) rather than DeepSpeed's FusedAdam:
+# FusedAdam is JIT-built on first use, which needs nvcc matching torch's CUDA and ~40 s per fresh machine,
+# and DeepSpeed 0.19 cannot build it where TORCH_CUDA_ARCH_LIST names an arch-specific target such as
+# "9.0a" (measured on an H100 image). A config that says "torch_adam": false gets FusedAdam.
+TORCH_ADAM_DEFAULT = True
+
+
+def load(name_or_path: str, values: dict[str, Any]) -> dict[str, Any]:
     """Read a config and fill its "auto" entries; `values` keys are the config's own key names."""
     path = resolve_path(name_or_path)
     try:
@@ -35,7 +46,7 @@ def load(name_or_path: str, values: dict[str, Any], on_cpu: bool) -> dict[str, A
         raise ValueError(f"DeepSpeed config {path} is not valid JSON: {err}") from None
     config = copy.deepcopy(config)
     fills = dict(values)
-    fills.setdefault("torch_adam", on_cpu)  # FusedAdam needs a 40 s JIT build and a GPU
+    fills.setdefault("torch_adam", TORCH_ADAM_DEFAULT)
     stage3 = config.get("zero_optimization", {}).get("stage") == 3
     if stage3:
         fills.setdefault("stage3_param_persistence_threshold", 10_000)

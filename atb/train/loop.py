@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,10 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], l
         if env.is_main:
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps({"step": done, **values}) + "\n")
+        if not math.isfinite(values["loss"]):  # the same mean on every rank: all stop together
+            raise ValueError(f"the training loss is {values['loss']} at step {done}: the run diverged. Nothing "
+                             f"was saved from this step on; resume from the last checkpoint with a lower --lr "
+                             f"or stronger clipping (--grad_clip)")
         if spec.eval_every and done % spec.eval_every == 0 and done != end:
             tracker.log(evaluate(done), done)
         if done % spec.save_every == 0 or done == end:

@@ -67,7 +67,7 @@ def fill_ds_config(cfg: TrainConfig, on_cpu: bool) -> dict[str, Any]:
         "gradient_clipping": cfg.grad_clip, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
         "warmup_max_lr": cfg.lr, "warmup_num_steps": min(cfg.warmup_steps, max(cfg.steps - 1, 1)),
         "total_num_steps": cfg.steps,
-    }, on_cpu=on_cpu)
+    })
     if on_cpu and ds_config.precision(config) == "fp16":
         raise ValueError(f"DeepSpeed config {cfg.ds_config} uses fp16, which DeepSpeed does not support on CPU; "
                          "use a bf16 or fp32 config here (fp16 is for GPUs)")
