@@ -13,7 +13,6 @@ PY=${PYTHON:-python3}
 PEAK=${PEAK_TFLOPS:-989}
 STEPS=${STEPS:-env mfu subnet tests}
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # DeepSpeed's FusedAdam JIT build: this GPU only
 unset DS_ACCELERATOR
 
 step() {  # step NAME LIMIT_S CMD...

@@ -71,9 +71,20 @@ def archs_of(model, n: int, seed: int) -> list[Arch]:
     return sorted(archs)
 
 
+@pytest.fixture(params=["custom", "native"])
+def linear_backward(request, monkeypatch):
+    """Both backward paths of the linear layers, on the CPU: `_ElasticLinear` (the CPU's) and autograd's own
+    on the sliced views (what GPUs use, see slicing.NATIVE_BACKWARD_DEVICES)."""
+    from atb.model import slicing
+
+    if request.param == "native":
+        monkeypatch.setattr(slicing, "NATIVE_BACKWARD_DEVICES", frozenset({"cpu"}))
+    return request.param
+
+
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
 @pytest.mark.parametrize("all_logits", [True, False])
-def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits):
+def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits, linear_backward):
     model = make_supernet(space)
     ids, mask, types = padded_batch()
     batch = (ids, mask, types, labels_for(ids, mask))
@@ -85,7 +96,7 @@ def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits):
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_several_archs_in_one_graph_add_their_gradients(space):
+def test_several_archs_in_one_graph_add_their_gradients(space, linear_backward):
     """The sandwich rule runs several archs in one forward and one backward."""
     model = make_supernet(space)
     ids, mask, types = padded_batch(seed=1)
@@ -111,7 +122,7 @@ def test_encoder_only_loss_still_trains_the_word_embeddings():
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_each_parameter_gets_one_accumulate_grad_call_per_backward(space):
+def test_each_parameter_gets_one_accumulate_grad_call_per_backward(space, linear_backward):
     """DeepSpeed ZeRO reduces a gradient from the hook on its parameter's AccumulateGrad node: it must fire
     exactly once per backward for every parameter the arch uses (tied word embeddings included), never
     for layers past the arch's depth, and the gradient must land in `.grad` through it."""
@@ -144,3 +155,12 @@ def test_widening_a_gradient_big_enough_for_its_own_mapping_is_exact():
     block = full[:, :32].unflatten(1, (4, 8))
     assert torch.equal(block[:, :, :6], part.unflatten(1, (4, 6)))
     assert torch.count_nonzero(block[:, :, 6:]) == 0 and torch.count_nonzero(full[:, 32:]) == 0
+
+
+def test_the_linear_backward_path_follows_the_device_setting(linear_backward):
+    """The fixture's two settings really select different graphs (else the tests above would run one twice)."""
+    from atb.model.slicing import elastic_linear
+
+    weight, bias = torch.randn(6, 5, requires_grad=True), torch.randn(6, requires_grad=True)
+    out = elastic_linear(torch.randn(2, 4), weight, bias, 3, 4)
+    assert ("ElasticLinear" in out.grad_fn.name()) == (linear_backward == "custom"), out.grad_fn.name()

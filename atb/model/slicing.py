@@ -14,6 +14,11 @@ the MLM decoder also reads, go through `select_shared` / `tied_linear`: the two 
 sub-network's size and are widened once, instead of twice plus a full-size sum (for BERT's 30522 x 768
 embeddings each widening is a fresh 94 MB tensor). Every gradient still reaches its parameter through
 ordinary autograd, one AccumulateGrad call per parameter and backward, as DeepSpeed ZeRO expects.
+
+On a GPU the trade-off turns: cuBLAS takes transposed operands at no cost and a widening is one fast
+memset, while a Python autograd Function costs host time that a small sub-network's step cannot hide
+(kernels are launched faster than Python runs). There linear layers use autograd's own backward on the
+sliced views (`NATIVE_BACKWARD_DEVICES`); the tied word embeddings keep their custom path everywhere.
 """
 
 from __future__ import annotations
@@ -193,9 +198,17 @@ class _ElasticLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
+# Where linear layers skip `_ElasticLinear`. Measured on an H100 (bench/RESULTS.md, bf16, batch 32 x 128):
+# its Python backward was 1.55 ms of host time a step at L2_H256, the whole of SuperBert's 9.6 vs 8.0 ms
+# against the dense model, while the GPU itself had 2.7 ms of work a step on either side.
+NATIVE_BACKWARD_DEVICES: frozenset[str] = frozenset({"cuda"})
+
+
 def elastic_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_sel: Selection,
                    in_sel: Selection) -> torch.Tensor:
     """`F.linear(x, select_2d(weight, out_sel, in_sel), select(bias, 0, out_sel))`, with a dense model's backward."""
+    if x.device.type in NATIVE_BACKWARD_DEVICES:
+        return F.linear(x, select_2d(weight, out_sel, in_sel), None if bias is None else select(bias, 0, out_sel))
     return _ElasticLinear.apply(x, weight, bias, out_sel, in_sel)
 
 
