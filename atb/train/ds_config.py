@@ -33,7 +33,9 @@ def resolve_path(name_or_path: str) -> Path:
 # torch's AdamW (foreach kernels on CUDA, over ZeRO's flat partitions) rather than DeepSpeed's FusedAdam:
 # FusedAdam is JIT-built on first use, which needs nvcc matching torch's CUDA and ~40 s per fresh machine,
 # and DeepSpeed 0.19 cannot build it where TORCH_CUDA_ARCH_LIST names an arch-specific target such as
-# "9.0a" (measured on an H100 image). A config that says "torch_adam": false gets FusedAdam.
+# "9.0a" (measured on an H100 image). A config that says "torch_adam": false gets FusedAdam, or, with
+# optimizer offload, DeepSpeedCPUAdam (faster on the CPU than torch's AdamW, also JIT-built; not checked
+# on a GPU machine here, so the offload configs keep the default that is known to work).
 TORCH_ADAM_DEFAULT = True
 
 
