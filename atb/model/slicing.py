@@ -15,8 +15,8 @@ sub-network's size and are widened once, instead of twice plus a full-size sum (
 embeddings each widening is a fresh 94 MB tensor). Every gradient still reaches its parameter through
 ordinary autograd, one AccumulateGrad call per parameter and backward, as DeepSpeed ZeRO expects.
 
-On a GPU the trade-off turns: cuBLAS takes transposed operands at no cost and a widening is one fast
-memset, while a Python autograd Function costs host time that a small sub-network's step cannot hide
+On a GPU the trade-off turns: cuBLAS takes transposed operands at no cost and a widening is a fast
+memset and copy, while a Python autograd Function costs host time that a small sub-network's step cannot hide
 (kernels are launched faster than Python runs). There linear layers use autograd's own backward on the
 sliced views (`NATIVE_BACKWARD_DEVICES`); the tied word embeddings keep their custom path everywhere.
 """
@@ -199,8 +199,9 @@ class _ElasticLinear(torch.autograd.Function):
 
 
 # Where linear layers skip `_ElasticLinear`. Measured on an H100 (bench/RESULTS.md, bf16, batch 32 x 128):
-# its Python backward was 1.55 ms of host time a step at L2_H256, the whole of SuperBert's 9.6 vs 8.0 ms
-# against the dense model, while the GPU itself had 2.7 ms of work a step on either side.
+# its Python backward was 1.55 ms of host time a step at L2_H256, about SuperBert's whole gap in that
+# profile (9.6 vs 8.0 ms a step; 2.7 ms of GPU work on either side); skipping it took subnet_scaling's
+# worst ratio there from 1.56 to 1.41.
 NATIVE_BACKWARD_DEVICES: frozenset[str] = frozenset({"cuda"})
 
 
