@@ -3,12 +3,13 @@
 # DeepSpeed, subnet_scaling in bf16, and the test files whose single-rank jobs then run on the GPU
 # (NCCL, bf16/fp16 engines, CUDA latency). Each step has its own time limit, so one hang costs one step.
 #
-#   bench/gpu_checks.sh [LOG]        # LOG defaults to gpu_checks.log; PYTHON=... picks the interpreter
+#   bench/gpu_checks.sh [LOG]        # LOG defaults to runs/gpu_checks.log; PYTHON=... picks the interpreter
 #
 # PEAK_TFLOPS is the GPU's dense bf16 peak for MFU (default 989: H100 SXM); STEPS selects steps by name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LOG=${1:-gpu_checks.log}
+LOG=${1:-runs/gpu_checks.log}
+mkdir -p "$(dirname "$LOG")"
 PY=${PYTHON:-python3}
 PEAK=${PEAK_TFLOPS:-989}
 STEPS=${STEPS:-env mfu subnet tests}
