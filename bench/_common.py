@@ -115,9 +115,6 @@ def machine_line(device: torch.device | None = None) -> str:
             f"load average {load}")
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def same_function_tolerance(dtype: torch.dtype) -> dict[str, float]:
     """Loss tolerance for `check_same_function`: half precision rounds the two models' different (but
     equivalent) operation orders differently; fp32 must agree to rounding."""

@@ -27,11 +27,12 @@ import sys
 
 import torch
 
-from _common import (DTYPES, Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
+from _common import (Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
                      same_function_tolerance, set_threads, synchronizer)
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.extract import build_masked_lm
 from atb.space import Arch, SearchSpace
+from atb.train.session import DTYPES  # the precision names the ds_configs use
 
 # (space, archs): hidden = 64 * heads in `mlm`, 8 * heads in `tiny`, so each is also a stock BERT.
 MLM_ARCHS = ("L1_H128_A2_Q128_F256", "L2_H256_A4_Q256_F1024", "L3_H384_A6_Q384_F768",

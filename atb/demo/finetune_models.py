@@ -62,10 +62,9 @@ def main(spec_file: str) -> None:
         cfg.validate()
         started = time.perf_counter()
         record = finetune_with_restarts(cfg, restarts, finetune)
-        dev = record.get("dev", {})
-        majority = (record.get("majority_baseline") or {}).get("dev", {})
-        score = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if isinstance(v, float))
-        base = f" (majority accuracy {majority['accuracy']:.3f})" if "accuracy" in majority else ""
+        score = ", ".join(f"{k} {v:.3f}" for k, v in record.get("dev", {}).items() if isinstance(v, float))
+        _, majority = accuracy(record)
+        base = f" (majority accuracy {majority:.3f})" if majority is not None else ""
         again = f" after {record['restarts']} restart(s)" if record.get("restarts") else ""
         print(f"[{i}/{len(runs)}] {record['task']} {Path(cfg.model).name}: dev {score}{base}{again} "
               f"in {time.perf_counter() - started:.0f} s -> {cfg.out_dir}", flush=True)
