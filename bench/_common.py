@@ -52,10 +52,16 @@ class Comparison:
     def paired(self) -> tuple[float, ...]:
         return tuple(x / y for x, y in zip(self.a.values, self.b.values))
 
+    @property
+    def paired_ratio(self) -> float:
+        """median(A_i / B_i) over rounds: robust where the machine's speed shifts between rounds (adjacent
+        A and B see the same state; two separate medians can each land in a different one)."""
+        return statistics.median(self.paired)
+
     def describe(self, a_name: str, b_name: str) -> str:
         q1, q3 = quartiles(self.paired)
         return (f"{a_name} {self.a.describe()} | {b_name} {self.b.describe()} | ratio {self.ratio:.3f} "
-                f"(per-round {statistics.median(self.paired):.3f}, IQR {q1:.3f}-{q3:.3f}, "
+                f"(per-round {self.paired_ratio:.3f}, IQR {q1:.3f}-{q3:.3f}, "
                 f"range {min(self.paired):.3f}-{max(self.paired):.3f}, n={len(self.paired)})")
 
 
@@ -83,8 +89,10 @@ def timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> 
 
 
 def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1,
-            sync: Callable[[], None] = lambda: None) -> Comparison:
-    """Time `a` and `b` `repeats` times each, alternating which goes first every round."""
+            sync: Callable[[], None] = lambda: None, min_seconds: float = 0.0) -> Comparison:
+    """Time `a` and `b` `repeats` times each, alternating which goes first every round; with `min_seconds`,
+    go on (in pairs of rounds, so each goes first equally often) until the rounds took that long: cheap
+    cases then get many rounds, whose noise a few would not average out."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
@@ -92,8 +100,17 @@ def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warm
         b()
     a_times: list[float] = []
     b_times: list[float] = []
-    for i in range(repeats):
-        if i % 2 == 0:
+    start = time.perf_counter()
+
+    def more(done: int) -> bool:
+        if done < repeats:
+            return True
+        return min_seconds > 0 and (done % 2 == 1 or time.perf_counter() - start < min_seconds)
+
+    i = 0
+    while more(i):
+        i += 1
+        if i % 2 == 1:
             a_times.append(timed(a, sync))
             b_times.append(timed(b, sync))
         else:

@@ -82,9 +82,20 @@ def linear_backward(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def dirty_gradient_memory(monkeypatch):
+    """Widened gradients start as NaN instead of whatever the allocator hands out (often zeros): only the
+    block is written and the rest zeroed explicitly, so a region left unwritten must show up."""
+    from atb.model import gradient_memory
+
+    gradient_memory.release_pooled_gradients()
+    monkeypatch.setattr(gradient_memory, "fresh_gradient", lambda like, shape: like.new_full(shape, float("nan")))
+
+
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
 @pytest.mark.parametrize("all_logits", [True, False])
-def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits, linear_backward):
+def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits, linear_backward,
+                                                             dirty_gradient_memory):
     model = make_supernet(space)
     ids, mask, types = padded_batch()
     batch = (ids, mask, types, labels_for(ids, mask))
@@ -96,7 +107,7 @@ def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits, 
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_several_archs_in_one_graph_add_their_gradients(space, linear_backward):
+def test_several_archs_in_one_graph_add_their_gradients(space, linear_backward, dirty_gradient_memory):
     """The sandwich rule runs several archs in one forward and one backward."""
     model = make_supernet(space)
     ids, mask, types = padded_batch(seed=1)
@@ -155,6 +166,45 @@ def test_widening_a_gradient_big_enough_for_its_own_mapping_is_exact():
     block = full[:, :32].unflatten(1, (4, 8))
     assert torch.equal(block[:, :, :6], part.unflatten(1, (4, 6)))
     assert torch.count_nonzero(block[:, :, 6:]) == 0 and torch.count_nonzero(full[:, 32:]) == 0
+
+
+def test_pooled_gradient_memory_is_reused_only_once_released(dirty_gradient_memory):
+    """On the CPU widened gradients come from a pool: a step after zero_grad(set_to_none) reuses the last
+    step's storage (its stale values outside the new, smaller slice zeroed), while gradients accumulating
+    over two backwards never share one."""
+    model = make_supernet("tiny")
+    ids, mask, types = padded_batch(seed=3)
+    batch = (ids, mask, types, labels_for(ids, mask, seed=3))
+    words = model.bert.embeddings.word_embeddings.weight
+    big, small = model.space.largest(), model.space.smallest()
+    big = Arch(big.layers, big.hidden - 8, big.heads, big.qkv, big.ffn)
+    model.space.validate(big)
+    supernet_grads(model, [big], batch, all_logits=True)
+    first = words.grad.data_ptr()
+    got = supernet_grads(model, [small], batch, all_logits=True)
+    assert words.grad.data_ptr() == first
+    assert_grads_close(got, expected_grads(model, small, dense_grads(model, small, batch)), "reused")
+
+    model.zero_grad(set_to_none=True)
+    ids, mask, types, labels = batch
+    for arch in (small, big):  # no zero_grad in between: the second adds into the first's .grad
+        model(ids, mask, types, arch=arch, labels=labels, logits_for_all=True).loss.backward()
+    want = expected_grads(model, small, dense_grads(model, small, batch))
+    for name, g in expected_grads(model, big, dense_grads(model, big, batch)).items():
+        want[name] += g
+    got = {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in model.named_parameters()}
+    assert_grads_close(got, want, "accumulated")
+
+
+@pytest.mark.parametrize("sels", [{0: 3}, {0: 2, 1: 5}, {1: 4, 2: 1}, {0: 4, 1: 6, 2: 3}])
+def test_widening_into_dirty_memory_is_the_part_then_zeros(sels, dirty_gradient_memory):
+    from atb.model.slicing import widen
+
+    full_shape = torch.Size((4, 6, 3))
+    part = torch.randn(*(sels.get(d, n) for d, n in enumerate(full_shape)))
+    want = torch.zeros(full_shape)
+    want[tuple(slice(0, n) for n in part.shape)] = part
+    assert torch.equal(widen(part, full_shape, sels), want)
 
 
 def test_the_linear_backward_path_follows_the_device_setting(linear_backward):

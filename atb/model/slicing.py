@@ -14,6 +14,8 @@ the MLM decoder also reads, go through `select_shared` / `tied_linear`: the two 
 sub-network's size and are widened once, instead of twice plus a full-size sum (for BERT's 30522 x 768
 embeddings each widening is a fresh 94 MB tensor). Every gradient still reaches its parameter through
 ordinary autograd, one AccumulateGrad call per parameter and backward, as DeepSpeed ZeRO expects.
+A widened gradient is written once: the block by the GEMM or sum that computes it, the rest zeroed; its
+memory comes from `gradient_memory.py` (on the CPU, a pool that spares each step the page faults).
 
 On a GPU the trade-off turns: cuBLAS takes transposed operands at no cost and a widening is a fast
 memset and copy, while a Python autograd Function costs host time that a small sub-network's step cannot hide
@@ -23,13 +25,13 @@ sliced views (`NATIVE_BACKWARD_DEVICES`); the tied word embeddings keep their cu
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
+
+from atb.model.gradient_memory import empty_gradient
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ def widen(part: torch.Tensor, full_shape: torch.Size, sels: dict[int, Selection]
     """The inverse of `select`: `part` placed where the selections took it from, zeros elsewhere."""
     if _is_whole(full_shape, sels):
         return part
+    if _is_block(sels):
+        full, block = _gradient_around_block(part, full_shape, sels)
+        block.copy_(part)
+        return full
     full = _zeros_for_gradient(part, full_shape)
     region, source = full, part
     for dim in sorted(sels, reverse=True):  # last dim first: unflattening it leaves earlier indices valid
@@ -82,7 +88,7 @@ def widen(part: torch.Tensor, full_shape: torch.Size, sels: dict[int, Selection]
 
 def _widened_product(a: torch.Tensor, b: torch.Tensor, full_shape: torch.Size,
                      sels: dict[int, Selection]) -> torch.Tensor:
-    """`widen(a @ b, full_shape, sels)`, the product written straight into the zeros where it can be.
+    """`widen(a @ b, full_shape, sels)`, the product written straight into its block where it can be.
 
     Saving that copy matters beyond its bytes: on a busy machine every multi-threaded op waits for its
     threads to be scheduled, so an extra op per weight shows up in a step's time.
@@ -91,22 +97,22 @@ def _widened_product(a: torch.Tensor, b: torch.Tensor, full_shape: torch.Size,
         return a @ b
     if not _is_block(sels):
         return widen(a @ b, full_shape, sels)
-    full = _zeros_for_gradient(a, full_shape)
-    torch.mm(a, b, out=_leading_block(full, sels))
+    full, block = _gradient_around_block(a, full_shape, sels)
+    torch.mm(a, b, out=block)
     return full
 
 
 def _widened_sum(a: torch.Tensor, b: torch.Tensor | None, full_shape: torch.Size,
                  sels: dict[int, Selection]) -> torch.Tensor:
-    """`widen(a + b, full_shape, sels)` (b may be absent), the sum written straight into the zeros."""
+    """`widen(a + b, full_shape, sels)` (b may be absent), the sum written straight into its block."""
     if b is None:
         return widen(a, full_shape, sels)
     if _is_whole(full_shape, sels):
         return a + b
     if not _is_block(sels):
         return widen(a + b, full_shape, sels)
-    full = _zeros_for_gradient(a, full_shape)
-    torch.add(a, b, out=_leading_block(full, sels))
+    full, block = _gradient_around_block(a, full_shape, sels)
+    torch.add(a, b, out=block)
     return full
 
 
@@ -121,50 +127,31 @@ def _is_block(sels: dict[int, Selection]) -> bool:
     return all(_leading_count(sel) is not None for sel in sels.values())
 
 
-def _leading_block(full: torch.Tensor, sels: dict[int, Selection]) -> torch.Tensor:
-    """The view of `full` that block selections `sels` select: the part's shape, `full`'s strides."""
+def _gradient_around_block(like: torch.Tensor, full_shape: torch.Size,
+                           sels: dict[int, Selection]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A full-size gradient that is zero outside the block `sels` select, and the (unwritten) block view.
+
+    Only the complement is zeroed: the caller writes the block anyway, and zeroing it first would be a
+    second pass over memory that, for the word embeddings at hidden 256, is a third of 94 MB a step.
+    Dimension by dimension, the part past the block's extent is zeroed and the rest narrowed to it.
+    """
+    full = empty_gradient(like, full_shape)
+    block = full
     for dim, sel in sels.items():
-        full = full.narrow(dim, 0, _leading_count(sel))
-    return full
+        count = _leading_count(sel)
+        assert count is not None
+        if count < block.shape[dim]:
+            block.narrow(dim, count, block.shape[dim] - count).zero_()
+        block = block.narrow(dim, 0, count)
+    return full, block
 
 
 def _is_whole(full_shape: torch.Size, sels: dict[int, Selection]) -> bool:
     return all(_leading_count(sel) == full_shape[dim] for dim, sel in sels.items())
 
 
-def _load_madvise() -> Callable[[int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return madvise
-
-
-_MADVISE = _load_madvise()
-_MADV_HUGEPAGE = 14
-_HUGE_PAGE = 2 << 20
-_OWN_MAPPING = 32 << 20  # glibc malloc maps allocations above this afresh and unmaps them on free
-
-
 def _zeros_for_gradient(like: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """`like.new_zeros(shape)`, with huge pages asked for when the tensor gets a fresh mapping.
-
-    The word embeddings' gradient is widened to 94 MB every step, in memory freshly mapped every step:
-    each 4 KiB page faults on first touch, which on a VM cost 5x the memset itself (about 100 ms, a tenth
-    of a small sub-network's step). Advising huge pages for the range (what PyTorch's opt-in
-    THP_MEM_ALLOC_ENABLE does for every allocation) takes 512x fewer faults. Only advice: where the
-    kernel ignores it, or on other platforms, nothing changes.
-    """
-    out = like.new_empty(shape)
-    if _MADVISE is not None and out.device.type == "cpu" and out.nbytes >= _OWN_MAPPING:
-        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        end = (out.data_ptr() + out.nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        if end > start:
-            _MADVISE(start, end - start, _MADV_HUGEPAGE)
-    return out.zero_()
+    return empty_gradient(like, shape).zero_()
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
