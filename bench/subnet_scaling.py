@@ -18,7 +18,7 @@ models' weights (as DeepSpeed's bf16/fp16 modes train them), one timed repeat ru
 steps between two synchronisations, and the warm-up is 3 rounds (cuBLAS picks its kernels on first use).
 
 Rounds per arch: at least `--repeats`, and on the CPU as many more as fit in `--seconds_per_arch` (a
-small arch's 0.3-0.6 s step gets ~50 rounds, the largest ~11). Each arch's ratio is the median over
+small arch's 0.3-0.6 s step gets ~50 rounds, the largest 12). Each arch's ratio is the median over
 rounds of SuperBert_i / dense_i, the two timed back to back (`Comparison.paired_ratio`). This machine's
 speed shifts by up to 1.5x between minutes (a shared VM), so the ratio of the two sides' separate medians
 can compare a fast-state median with a slow-state one: 1.142 against a paired 1.040 for one arch of one

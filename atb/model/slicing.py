@@ -70,7 +70,7 @@ def widen(part: torch.Tensor, full_shape: torch.Size, sels: dict[int, Selection]
         full, block = _gradient_around_block(part, full_shape, sels)
         block.copy_(part)
         return full
-    full = _zeros_for_gradient(part, full_shape)
+    full = empty_gradient(part, full_shape).zero_()
     region, source = full, part
     for dim in sorted(sels, reverse=True):  # last dim first: unflattening it leaves earlier indices valid
         sel = sels[dim]
@@ -148,10 +148,6 @@ def _gradient_around_block(like: torch.Tensor, full_shape: torch.Size,
 
 def _is_whole(full_shape: torch.Size, sels: dict[int, Selection]) -> bool:
     return all(_leading_count(sel) == full_shape[dim] for dim, sel in sels.items())
-
-
-def _zeros_for_gradient(like: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    return empty_gradient(like, shape).zero_()
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
