@@ -40,7 +40,7 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
 
     on_cpu = accelerator_name() == "cpu"
     if on_cpu:
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        _skip_shared_memory_comm_op()
     if "RANK" not in os.environ:  # a plain single process: give DeepSpeed a one-rank group on loopback
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -57,6 +57,12 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         get_accelerator().set_device(local_rank)
         device = torch.device(get_accelerator().device_name(local_rank))
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def _skip_shared_memory_comm_op() -> None:
+    """Stop DeepSpeed from compiling its CPU shared-memory all-reduce at start-up: it only serves inference,
+    and DeepSpeed offers no switch for it (DS_BUILD_SHM_COMM applies to pre-built installs only)."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def _shut_down() -> None:

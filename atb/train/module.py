@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atb.model.elastic import ElasticLinear, SuperBert
+from atb.model.elastic import SuperBert
+from atb.model.slicing import ElasticLinear
 from atb.space import Arch
 from atb.train.objectives import TeacherOutput, inplace_distill_loss, kd_losses
 
