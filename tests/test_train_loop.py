@@ -13,6 +13,7 @@ import torch
 
 from atb.tracking import Tracker
 from atb.train.distributed import DistEnv
+from atb.train.job import Job
 from atb.train.loop import LoopSpec, run_loop
 
 
@@ -37,22 +38,33 @@ class _PlainEngine:
         return [0.1]
 
 
+class _SquareJob(Job):
+    name = "square"
+
+    def __init__(self, model: torch.nn.Module, diverge_at: int | None):
+        super().__init__(model, {}, teacher=None)
+        self.diverge_at = diverge_at
+
+    def loss(self, engine, batch, step):
+        loss = self.module(batch["x"]).pow(2).mean()
+        if self.diverge_at is not None and step + 1 >= self.diverge_at:
+            loss = loss * float("nan")
+        return loss, {}
+
+    def evaluate(self, engine):
+        return {}
+
+
 def _run(tmp_path, diverge_at: int | None, saved: list[int]):
     model = torch.nn.Linear(4, 1)
     engine = _PlainEngine(model)
     batches = itertools.repeat({"x": torch.ones(2, 4), "attention_mask": torch.ones(2, 4)})
 
-    def loss_fn(batch, step):
-        loss = model(batch["x"]).pow(2).mean()
-        if diverge_at is not None and step + 1 >= diverge_at:
-            loss = loss * float("nan")
-        return loss, {}
-
     spec = LoopSpec(steps=6, start_step=0, stop_at_step=0, grad_accum=1, save_every=2, log_every=1, eval_every=0,
                     seed=0)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     tracker = Tracker(tmp_path, "none", {}, enabled=False)
-    result = run_loop(engine, env, batches, loss_fn, spec, tracker, saved.append, lambda step: {},
+    result = run_loop(engine, env, batches, _SquareJob(model, diverge_at), spec, tracker, saved.append,
                       tmp_path / "metrics.jsonl")
     return result
 

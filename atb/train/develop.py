@@ -16,10 +16,16 @@ from typing import Any
 
 import torch
 
+from atb.data import dev_batches
+from atb.model.extract import build_masked_lm, new_masked_lm
+from atb.model.supernet_io import load_supernet
 from atb.space import Arch
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, init_distributed
-from atb.train.session import Job, fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.develop_export import export_students
+from atb.train.job import Job
+from atb.train.objectives import Teacher
+from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 from atb.train.students import Students
 
 
@@ -113,8 +119,6 @@ def picks_from_results(path: Path) -> list[Pick]:
 
 
 def build_students(cfg: DevelopConfig, supernet, picks: list[Pick]) -> list[torch.nn.Module]:
-    from atb.model.extract import build_masked_lm, new_masked_lm
-
     models = []
     for pick in picks:
         if cfg.from_scratch:
@@ -138,8 +142,6 @@ def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def train(cfg: DevelopConfig) -> dict[str, Any]:
-    from atb.model.supernet_io import load_supernet
-
     cfg.validate()
     env = init_distributed()
     out = Path(cfg.out_dir)
@@ -156,32 +158,37 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     teacher = load_teacher(cfg, env, config, tokenizer)
     module = Students(models, [p.arch for p in picks], cfg.objective, teacher.hidden_size if teacher else None)
 
-    def loss(engine, batch: dict[str, torch.Tensor], step: int):
-        teacher_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]) if teacher else None
-        return engine(batch, teacher_out)
-
-    from atb.data import dev_batches
-
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
     record = {"students": [{"arch": p.arch.to_dict(), "target": p.target, "predicted_ms": p.predicted_ms}
                            for p in picks], "supernet_config": supernet.config.to_dict(),
               "source_checkpoint": str(Path(cfg.supernet).resolve()), "source_step": meta.get("step"),
               "from_scratch": cfg.from_scratch, "objective": cfg.objective}
-    final_dev: dict[str, float] = {}
-
-    def evaluate(engine) -> dict[str, float]:
-        final_dev.clear()
-        final_dev.update(evaluate_students(engine, dev, teacher, env))
-        return dict(final_dev)
-
-    def finish(engine, ckpt_dir: Path) -> None:
-        if env.is_main:
-            from atb.train.develop_export import export_students
-
-            export_students(cfg, ckpt_dir, record, tokenizer, out / "models", final_dev)
-
-    job = Job(name="develop", module=module, loss=loss, evaluate=evaluate, checkpoint_record=record, finish=finish)
+    job = DevelopJob(module, record, teacher, dev, env, cfg, tokenizer)
     return run_session(cfg, env, tokenizer, blocks, job, config)
+
+
+class DevelopJob(Job):
+    """The K students' summed loss, their dev losses, and their export as Hugging Face folders."""
+
+    name = "develop"
+
+    def __init__(self, module: Students, record: dict[str, Any], teacher: Teacher | None, dev, env: DistEnv,
+                 cfg: DevelopConfig, tokenizer):
+        super().__init__(module, record, teacher)
+        self.dev, self.env, self.cfg, self.tokenizer = dev, env, cfg, tokenizer
+        self.last_dev: dict[str, float] = {}  # the export's report shows the final evaluation
+
+    def loss(self, engine, batch: dict[str, torch.Tensor], step: int):
+        return engine(batch, self.teacher_outputs(batch))
+
+    def evaluate(self, engine) -> dict[str, float]:
+        self.last_dev = evaluate_students(engine, self.dev, self.teacher, self.env)
+        return dict(self.last_dev)
+
+    def export(self, engine, ckpt_dir: Path) -> None:
+        if self.env.is_main:
+            export_students(self.cfg, ckpt_dir, self.checkpoint_record, self.tokenizer,
+                            Path(self.cfg.out_dir) / "models", self.last_dev)
 
 
 @torch.no_grad()

@@ -12,17 +12,17 @@ import json
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+from atb.fsutil import write_text_atomic
 from atb.tracking import Tracker, progress
 from atb.train.distributed import DistEnv
-
-LossFn = Callable[[dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+from atb.train.job import Job
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -40,7 +40,6 @@ class LoopSpec:
     log_every: int
     eval_every: int
     seed: int
-    describe_step: Callable[[int], dict[str, float]] = field(default=lambda step: {})
 
 
 @dataclass
@@ -49,12 +48,11 @@ class LoopResult:
     losses: dict[int, float]
 
 
-def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], loss_fn: LossFn, spec: LoopSpec,
-             tracker: Tracker, save: Callable[[int], None], evaluate: Callable[[int], dict[str, float]],
-             metrics_file: Path, desc: str = "train") -> LoopResult:
+def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], job: Job, spec: LoopSpec,
+             tracker: Tracker, save: Callable[[int], None], metrics_file: Path) -> LoopResult:
     end = min(spec.steps, spec.stop_at_step) if spec.stop_at_step > 0 else spec.steps
     losses: dict[int, float] = {}
-    bar = progress(end, env.is_main, desc, initial=spec.start_step)
+    bar = progress(end, env.is_main, job.name, initial=spec.start_step)
     tokens, t0 = 0, time.perf_counter()
     step = spec.start_step
     for step in range(spec.start_step, end):
@@ -63,7 +61,7 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], l
         totals: dict[str, torch.Tensor] = {}
         for _ in range(spec.grad_accum):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
-            loss, terms = loss_fn(batch, step)
+            loss, terms = job.loss(engine, batch, step)
             engine.backward(loss)
             engine.step()
             tokens += int(batch["attention_mask"].sum())
@@ -81,7 +79,7 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], l
                             "perf/max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
             if env.device.type == "cuda":
                 metrics["perf/max_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
-            metrics.update(spec.describe_step(step))
+            metrics.update(job.describe_step(step))
             tracker.log(metrics, done)
             tokens, t0 = 0, time.perf_counter()
         if env.is_main:
@@ -92,7 +90,7 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], l
                              f"was saved from this step on; resume from the last checkpoint with a lower --lr "
                              f"or stronger clipping (--grad_clip)")
         if spec.eval_every and done % spec.eval_every == 0 and done != end:
-            tracker.log(evaluate(done), done)
+            tracker.log(job.evaluate(engine), done)
         if done % spec.save_every == 0 or done == end:
             save(done)
     bar.close()
@@ -117,8 +115,6 @@ def truncate_metrics(metrics_file: Path, from_step: int) -> None:
     """On resume, forget logged steps after the checkpoint (they will be recomputed identically)."""
     if not metrics_file.is_file():
         return
-    from atb.fsutil import write_text_atomic
-
     kept = [line for line in metrics_file.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= from_step]
     write_text_atomic(metrics_file, "".join(line + "\n" for line in kept))

@@ -11,14 +11,16 @@ from typing import Any
 
 import torch
 
+from atb.data import dev_batches
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch, SearchSpace
 from atb.train.config import PretrainConfig
 from atb.train.distributed import DistEnv, init_distributed
+from atb.train.job import Job
 from atb.train.module import SuperPLMTrainModule
-from atb.train.objectives import check_teacher_fits
+from atb.train.objectives import Teacher, check_teacher_fits
 from atb.train.sampling import ArchSampler
-from atb.train.session import Job, fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 
 
 def build_supernet(cfg: PretrainConfig, vocab_size: int) -> SuperBert:
@@ -57,27 +59,39 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs.split(";") if a.strip())
     sampler = ArchSampler(model.space, cfg.sampling, cfg.seed, cfg.sandwich_random, fixed)
 
-    def loss(engine, batch: dict[str, torch.Tensor], step: int):
-        teacher_out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]) if teacher else None
-        return engine(batch, sampler.archs_for_step(step), teacher_out)
-
-    def describe(step: int) -> dict[str, float]:
-        arch = sampler.archs_for_step(step)[-1]
-        return {f"arch/{k}": float(v) for k, v in arch.to_dict().items()}
-
-    from atb.data import dev_batches
-
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
-    job = Job(
-        name="pretrain", module=module, loss=loss, describe_step=describe,
-        evaluate=lambda engine: evaluate_dev(engine, dev, [model.space.largest(), model.space.smallest()], teacher, env),
-        checkpoint_record={"supernet_config": model.config.to_dict(), "objective": cfg.objective,
-                           "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len,
-                           # what later jobs need to hold out exactly the same dev blocks
-                           "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed},
-        finish=lambda engine, ckpt_dir: export_supernet(ckpt_dir, out / "supernet", env),
-    )
+    record = {"supernet_config": model.config.to_dict(), "objective": cfg.objective,
+              "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len,
+              # what later jobs need to hold out exactly the same dev blocks
+              "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed}
+    job = PretrainJob(module, record, teacher, sampler, dev, env, out / "supernet")
     return run_session(cfg, env, tokenizer, blocks, job, config)
+
+
+class PretrainJob(Job):
+    """The sampled archs' loss each step, the dev loss of the largest and smallest arch, the SuperPLM export."""
+
+    name = "pretrain"
+
+    def __init__(self, module: SuperPLMTrainModule, record: dict[str, Any], teacher: Teacher | None,
+                 sampler: ArchSampler, dev, env: DistEnv, export_folder: Path):
+        super().__init__(module, record, teacher)
+        self.sampler, self.dev, self.env, self.export_folder = sampler, dev, env, export_folder
+        space = module.supernet.space
+        self.dev_archs = [space.largest(), space.smallest()]
+
+    def loss(self, engine, batch: dict[str, torch.Tensor], step: int):
+        return engine(batch, self.sampler.archs_for_step(step), self.teacher_outputs(batch))
+
+    def evaluate(self, engine) -> dict[str, float]:
+        return evaluate_dev(engine, self.dev, self.dev_archs, self.teacher, self.env)
+
+    def export(self, engine, ckpt_dir: Path) -> None:
+        export_supernet(ckpt_dir, self.export_folder, self.env)
+
+    def describe_step(self, step: int) -> dict[str, float]:
+        arch = self.sampler.archs_for_step(step)[-1]
+        return {f"arch/{k}": float(v) for k, v in arch.to_dict().items()}
 
 
 @torch.no_grad()

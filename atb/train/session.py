@@ -1,7 +1,7 @@
 """The training session every atb DeepSpeed job shares: data, engine, resume, loop, checkpoints, tracking.
 
-A job (pre-training the SuperPLM, developing K students) only supplies its module, its loss and its
-evaluation; everything that makes runs reproducible and resumable lives here once.
+A job (`job.Job`: pre-training the SuperPLM, developing K students) only supplies its module, its loss, its
+evaluation and its export; everything that makes runs reproducible and resumable lives here once.
 
 Rank 0 prepares shared artefacts first (trained tokenizer, tokenised blocks) and the other ranks read
 them from the cache after a barrier, so N ranks never tokenise the corpus N times.
@@ -10,41 +10,28 @@ them from the cache after a barrier, so N ranks never tokenise the corpus N time
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
 
 from atb.cli import config_record
+from atb.data import build_blocks, check_vocab_compatible, load_corpus, load_tokenizer, make_batches, train_wordpiece
 from atb.tracking import Tracker
 from atb.train import checkpointing, ds_config
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, barrier
+from atb.train.job import Job
 from atb.train.loop import LoopSpec, run_loop, truncate_metrics
 from atb.train.objectives import Teacher
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-@dataclass
-class Job:
-    """What a concrete job plugs into the session. Callables receive the DeepSpeed engine."""
-
-    name: str
-    module: nn.Module
-    loss: Callable[[Any, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    evaluate: Callable[[Any], dict[str, float]]
-    checkpoint_record: dict[str, Any]  # JSON data stored with every checkpoint (configs to rebuild the model)
-    finish: Callable[[Any, Path], None] = lambda engine, ckpt_dir: None  # exports after the final step
-    describe_step: Callable[[int], dict[str, float]] = field(default=lambda step: {})
-
-
 def prepare_data(cfg: TrainConfig, env: DistEnv, out: Path):
-    from atb.data import build_blocks, load_corpus, load_tokenizer, train_wordpiece
-
     corpus = load_corpus([c for c in cfg.corpus.split(",") if c] if "," in cfg.corpus else cfg.corpus)
     tok_dir = out / "tokenizer"
     if env.is_main:
@@ -96,8 +83,6 @@ def find_resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv, config: dict
 def load_teacher(cfg: TrainConfig, env: DistEnv, config: dict[str, Any], tokenizer) -> Teacher | None:
     if cfg.objective != "kd":
         return None
-    from atb.data import check_vocab_compatible
-
     teacher = Teacher.load(cfg.teacher, env.device, DTYPES[ds_config.precision(config)])
     check_vocab_compatible(tokenizer, teacher.vocab_size, f"teacher {cfg.teacher}")
     return teacher
@@ -126,8 +111,6 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
         truncate_metrics(metrics_file, start_step)
         tokenizer.save_pretrained(str(out / "tokenizer"))
 
-    from atb.data import make_batches
-
     batches = make_batches(blocks["train"], tokenizer, cfg.micro_batch, cfg.grad_accum, env.rank, env.world_size,
                            cfg.seed, start_step)
 
@@ -136,15 +119,13 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
                            record=job.checkpoint_record)
 
     spec = LoopSpec(steps=cfg.steps, start_step=start_step, stop_at_step=cfg.stop_at_step, grad_accum=cfg.grad_accum,
-                    save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed,
-                    describe_step=job.describe_step)
-    result = run_loop(engine, env, batches, lambda batch, step: job.loss(engine, batch, step), spec, tracker, save,
-                      lambda step: job.evaluate(engine), metrics_file, desc=job.name)
+                    save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed)
+    result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
     final_eval = job.evaluate(engine) if result.last_step > start_step else {}
     tracker.log(final_eval, result.last_step)
     if result.last_step == cfg.steps:
         barrier()
-        job.finish(engine, ckpt_dir)
+        job.export(engine, ckpt_dir)
         barrier()
     digests = rank_digests(engine)
     if len(set(digests)) != 1:
@@ -158,10 +139,7 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
 def rank_digests(engine) -> list[str]:
     """A fingerprint of the full parameters as each rank sees them: data parallelism is only correct if
     all ranks agree, and a silent divergence (e.g. a missed reduction) would otherwise go unnoticed."""
-    import hashlib
-
     import deepspeed
-    import torch.distributed as dist
 
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
