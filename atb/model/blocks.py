@@ -1,8 +1,9 @@
 """SuperBert's configuration and its blocks, named and nested as in transformers' `modeling_bert.py`.
 
 Each block owns its forward and slices only its own weights, for the dims of the sub-network it is given
-(hidden, per-head qkv, ffn). Under ZeRO-3 a parameter is only gathered while its own module runs, so no
-block reads another's weights. `sub_state_dict` returns the same slices under BertForMaskedLM's names.
+(hidden, per-head qkv, ffn): under ZeRO-3 a parameter is only gathered while its own module runs, and
+layers past the sampled depth are never called (every rank samples the same arch, so the gathers match
+across ranks). `sub_state_dict` returns the same slices under BertForMaskedLM's names.
 """
 
 from __future__ import annotations
