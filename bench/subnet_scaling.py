@@ -1,4 +1,4 @@
-"""Sub-networks inside SuperBert vs dense transformers BERTs of the same dims: forward + backward (target <= 1.05x).
+"""Sub-networks inside SuperBert vs dense transformers BERTs of the same dims: forward + backward (CPU target <= 1.10x).
 
     .venv/bin/python bench/subnet_scaling.py               # mlm space, batch 8 x 128, 2 threads
     .venv/bin/python bench/subnet_scaling.py --quick       # smoke run (tiny space, seconds)
