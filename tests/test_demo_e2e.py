@@ -1,5 +1,6 @@
-"""The whole chain at micro size, as `make demo` runs it: pretrain -> latency -> search -> develop ->
-finetune -> report, every artefact present and loadable."""
+"""The whole chain at micro size, as `make demo` runs it: importance + KD pre-training from all-MiniLM-L6-v2
+-> latency -> search -> develop -> finetune (with the source and TF-IDF references) -> report, every artefact
+present and loadable."""
 
 from __future__ import annotations
 
@@ -10,27 +11,46 @@ import subprocess
 import torch
 from transformers import AutoModelForMaskedLM
 
+import pytest
+
+from bert_sources import save_random_bert
 from conftest import PYTHON, REPO
 from launching import DIST_ENV
 
 
-def test_micro_demo_end_to_end(tmp_path):
+def small_source(folder):
+    """A small random BERT with the demo's tokenizer: the chain in minutes rather than MiniLM's quarter hour."""
+    import shutil
+
+    from atb.data.tokenizer import demo_tokenizer_path
+
+    save_random_bert(folder, layers=4, hidden=128, heads=4, ffn=512, vocab=30522)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy2(f"{demo_tokenizer_path()}/{name}", folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("source", ["small", pytest.param("minilm", marks=[pytest.mark.slow, pytest.mark.timeout(1800)])])
+def test_micro_demo_end_to_end(tmp_path, source):
     import os
 
     corpus = tmp_path / "corpus.txt"
     with gzip.open(REPO / "atb" / "resources" / "corpus" / "austen.txt.gz", "rt") as fh:
         corpus.write_text("".join(next(fh) for _ in range(300)))
     out = tmp_path / "demo"
-    proc = subprocess.run([PYTHON, str(REPO / "tools" / "demo.py"), "--size", "micro", "--out_dir", str(out),
-                           "--corpus", str(corpus), "--tasks", "movie_sentiment"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **DIST_ENV}, cwd=REPO)
+    source_arg = str(small_source(tmp_path / "source")) if source == "small" else "minilm"
+    demo = [PYTHON, str(REPO / "tools" / "demo.py"), "--size", "micro", "--out_dir", str(out), "--corpus", str(corpus),
+            "--tasks", "movie_sentiment", "--source", source_arg]
+    proc = subprocess.run(demo, capture_output=True, text=True, timeout=1500, env={**os.environ, **DIST_ENV}, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     from atb.latency import LatencyPredictor
     from atb.model.supernet_io import load_supernet
 
     supernet, meta = load_supernet(out / "pretrain" / "supernet")
-    assert meta["step"] == 4
+    assert meta["step"] == 4 and meta["objective"] == "kd" and meta["reorder"] == "importance"
+    shape = "L4_H128_A4_Q128_F512" if source == "small" else "L6_H384_A12_Q384_F1536"
+    assert supernet.space.largest().name == shape  # the source's shape
     predictor = LatencyPredictor.load(out / "latency" / "predictor")
     assert predictor.predict([supernet.space.largest()])[0] > predictor.predict([supernet.space.smallest()])[0]
     results = json.loads((out / "search" / "results.json").read_text())
@@ -47,9 +67,10 @@ def test_micro_demo_end_to_end(tmp_path):
         assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
+    for reference in ("source", "tfidf"):
+        metrics = json.loads((out / "finetune" / "movie_sentiment" / reference / "metrics.json").read_text())
+        assert metrics["sizes"]["train_used"] == 64 and f"| {reference} |" in report
     assert (out / "plots" / "pretrain_loss.png").is_file()
     # a second run reuses every stage
-    again = subprocess.run([PYTHON, str(REPO / "tools" / "demo.py"), "--size", "micro", "--out_dir", str(out),
-                            "--corpus", str(corpus), "--tasks", "movie_sentiment"], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, **DIST_ENV}, cwd=REPO)
+    again = subprocess.run(demo, capture_output=True, text=True, timeout=300, env={**os.environ, **DIST_ENV}, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("reusing") == 5

@@ -78,3 +78,19 @@ def test_finetune_restarts_only_runs_that_end_at_the_majority_class(tmp_path):
     assert finetune_with_restarts(cfg, 2, run)["restarts"] == 0 and seeds == [7]  # a good run is kept as is
     run, seeds = fake_finetune([0.5])
     assert "restarts" not in finetune_with_restarts(cfg, 0, run) and seeds == [7]
+
+
+def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
+    _write(tmp_path / "develop" / "manifest.json", {"models": [
+        {"arch_name": "L2_H96_A12_Q96_F384", "target": "4x", "params": 3e6, "path": "x"}]})
+    scores = {"L2_H96_A12_Q96_F384": 0.72, "source": 0.90, "tfidf": 0.75}
+    for name, acc in scores.items():
+        _write(tmp_path / "finetune" / "movie_sentiment" / name / "metrics.json",
+               {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}, "params": 22e6,
+                "sizes": {"train": 8000, "train_used": 2000}})
+    text = write_report(tmp_path, ["movie_sentiment"], {}, 0).read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 0.720 (0.500) | 80.0% |" in rows["L2_H96_A12_Q96_F384"]  # 0.72 / 0.90 of the source kept
+    assert "fine-tuned the same way" in rows["source"] and "| 0.900 (0.500) | 100.0% |" in rows["source"]
+    assert "TF-IDF" in rows["tfidf"] and "0.750 (0.500)" in rows["tfidf"]
+    assert "2000 of 8000 training rows" in text

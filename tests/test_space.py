@@ -63,3 +63,22 @@ def test_bad_spec_files(tmp_path):
         SearchSpace.load(bad)
     with pytest.raises(SpaceError, match="does not exist"):
         SearchSpace.load(tmp_path / "missing.yaml")
+
+
+def test_a_space_from_a_source_has_the_source_as_its_largest_arch():
+    from atb.space import space_from_source
+
+    space = SearchSpace.from_spec(space_from_source(6, 384, 12, 384, 1536))
+    assert space.largest() == Arch(6, 384, 12, 384, 1536)
+    assert space.heads.min == space.heads.max == 12 and space.qkv is not None  # per-head qkv, every head kept
+    assert space.layers.min == 1 and len(space.hidden.values()) == 12 and len(space.ffn.values()) == 16
+    odd = SearchSpace.from_spec(space_from_source(3, 100, 4, 100, 250, hidden_step=8, ffn_step=16, head_dim_step=5))
+    assert odd.largest() == Arch(3, 100, 4, 100, 250) and odd.hidden.step == 8 and odd.hidden.min == 4
+
+
+def test_a_space_larger_than_its_source_is_refused():
+    from atb.space import SpaceError, check_within
+
+    with pytest.raises(SpaceError, match=r"larger than the source .*hidden 256 > 128"):
+        check_within(SearchSpace.load("demo"), layers=4, hidden=128, heads=4, qkv=256, ffn=1024, source="src")
+    check_within(SearchSpace.load("demo"), layers=4, hidden=256, heads=4, qkv=256, ffn=1024, source="src")

@@ -1,8 +1,9 @@
 """The whole atb pipeline on the built-in demo data, as a user would run it, one tool after another:
 
-    pre-train a SuperPLM (2 ranks, DeepSpeed ZeRO-2) -> measure latency, fit the predictor -> search
-    3 latency targets -> develop the 3 picks (+ BERT-ratio baselines) in one run -> fine-tune each on
-    movie_sentiment and sms_spam -> runs/demo/report.md
+    order all-MiniLM-L6-v2's heads, neurons and channels by importance and distil it into a SuperPLM (2 ranks,
+    DeepSpeed ZeRO-2) -> measure latency, fit the predictor -> search 3 latency targets -> develop the 3 picks
+    (+ BERT-ratio baselines) in one run -> fine-tune each, the source model and a TF-IDF + logistic
+    regression baseline on movie_sentiment and sms_spam -> runs/demo/report.md
 
     make demo                                     # or: .venv/bin/python tools/demo.py
     .venv/bin/python tools/demo.py --size micro   # a minutes-long smoke version (the end-to-end test)
@@ -27,6 +28,7 @@ class DemoConfig:
     targets: str = ""  # speed-ups over the space's largest arch (default: 2x,4x,8x; micro: 1.5x,2x,3x)
     tasks: str = "movie_sentiment,sms_spam"  # built-in task names or task folders, comma-separated
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)
+    source: str = "minilm"  # the BERT-family folder to compress (minilm: all-MiniLM-L6-v2 from the demo extra)
     ranks: int = 2
 
 

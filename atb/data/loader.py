@@ -142,13 +142,20 @@ def dev_batches(blocks: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size:
                 max_batches: int = 0, mlm_probability: float = 0.15) -> list[Batch]:
     """The held-out blocks in order, with fixed masks: the same numbers on every call, rank and run, so
     dev losses are comparable across checkpoints and searches. `max_batches` > 0 caps the count."""
+    count = len(blocks) if max_batches <= 0 else min(len(blocks), max_batches * batch_size)
+    return masked_batches(blocks, tokenizer, list(range(count)), batch_size, seed, "dev", mlm_probability)
+
+
+def masked_batches(blocks: Dataset, tokenizer: PreTrainedTokenizerBase, positions: list[int], batch_size: int,
+                   seed: int, tag: str, mlm_probability: float = 0.15) -> list[Batch]:
+    """Blocks at `positions`, batched in that order; each block's mask depends only on (seed, tag, position),
+    so ranks that split the positions between them mask every block as one rank would."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     masker = SampleMasker(tokenizer, mlm_probability)
-    count = len(blocks) if max_batches <= 0 else min(len(blocks), max_batches * batch_size)
     blocks = blocks.with_format("numpy")
     batches = []
-    for first in range(0, count, batch_size):
-        positions = np.arange(first, min(first + batch_size, count))
-        batches.append(masker(_rows(blocks, positions), [derive_seed(seed, "dev", int(p)) for p in positions]))
+    for first in range(0, len(positions), batch_size):
+        chunk = np.asarray(positions[first:first + batch_size])
+        batches.append(masker(_rows(blocks, chunk), [derive_seed(seed, tag, int(p)) for p in chunk]))
     return batches

@@ -14,18 +14,21 @@ from atb.space import Arch, SearchSpace
 
 
 def bert_ratio_archs(space: SearchSpace) -> list[Arch]:
+    """ffn = 4 x hidden, qkv = hidden, and head size 64 (or, where the space fixes the heads, those heads)."""
+    fixed_heads = space.heads.min == space.heads.max
     archs = []
     for layers in space.layers.values():
         for hidden in space.hidden.values():
-            if hidden % 64 or (hidden // 64) not in space.heads:
+            heads = space.heads.max if fixed_heads else hidden // 64
+            if not fixed_heads and (hidden % 64 or heads not in space.heads):
                 continue
-            arch = Arch(layers, hidden, hidden // 64, hidden, 4 * hidden)
+            arch = Arch(layers, hidden, heads, hidden, 4 * hidden)
             if space.contains(arch):
                 archs.append(arch)
     return archs
 
 
-def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str, out: Path) -> list[dict]:
+def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str | Path, out: Path) -> list[dict]:
     """Search picks plus, per target, the BERT-ratio arch of the nearest predicted latency."""
     from atb.latency import LatencyPredictor
     from atb.train.develop import entries_from_results
@@ -34,7 +37,7 @@ def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str, ou
     space = SearchSpace.load(space_name)
     family = bert_ratio_archs(space)
     if not family:
-        raise ValueError(f"space '{space.name}' contains no BERT-ratio arch (ffn = 4 x hidden, head size 64)")
+        raise ValueError(f"space '{space.name}' contains no BERT-ratio arch (ffn = 4 x hidden, qkv = hidden)")
     family_ms = predictor.predict(family)
     entries = []
     seen = set()

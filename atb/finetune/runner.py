@@ -31,6 +31,7 @@ from transformers import (
 
 from atb.cli import config_record
 from atb.finetune import classification, qa
+from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
@@ -42,6 +43,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.task`; returns what it writes to `<out_dir>/metrics.json`."""
     check_inputs(cfg)
+    if cfg.model == BOW_MODEL:
+        record = bow_baseline(cfg)
+        staging = Path(cfg.out_dir).with_name(f".{Path(cfg.out_dir).name}.partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(staging / "metrics.json", record)
+        publish_dir(staging, Path(cfg.out_dir))
+        return record
     out_dir, model_dir = Path(cfg.out_dir), Path(cfg.model)
     task = load_task(cfg)
     if task.task_type == "qa":

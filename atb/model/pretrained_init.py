@@ -7,13 +7,12 @@ head (first min(heads) heads, first min(head dims) dims of each), matching the s
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from atb.model.bert_source import load_state, read_config
 from atb.model.elastic import SuperBert
 from atb.model.supernet_io import TIED_ALIASES
 
@@ -23,23 +22,9 @@ HEAD_COLS = ".attention.output.dense.weight"
 
 
 def load_bert_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--init_from {folder}: no config.json (expected a transformers model folder)")
-    config = json.loads(config_path.read_text())
-    if (folder / "model.safetensors").is_file():
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"--init_from {folder}: no model.safetensors or pytorch_model.bin")
-    normalised = {}
-    for key, value in state.items():
-        if key.startswith(("embeddings.", "encoder.")):
-            key = "bert." + key
-        normalised[key] = value
-    return normalised, config
+    """The folder's weights (BertForMaskedLM names) and config; a non-BERT-family folder is refused."""
+    config = read_config(folder)
+    return load_state(folder), config
 
 
 def _overlap_heads(dst: torch.Tensor, src: torch.Tensor, dim: int, dst_heads: int, src_heads: int) -> None:

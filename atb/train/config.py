@@ -12,14 +12,14 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, outputs
     # data
     corpus: str = "demo"  # text file(s)/folder, comma-separated, a saved datasets folder, or "demo"
-    tokenizer: str = "demo"  # transformers tokenizer folder, or "demo" (bert-base-uncased vocab)
+    tokenizer: str = "auto"  # transformers tokenizer folder, "demo" (bert-base-uncased vocab), or auto: the --init_from folder's, else demo
     train_tokenizer_vocab: int = 0  # > 0: train a WordPiece tokenizer of this size on the corpus instead
     seq_len: int = 128
     dev_fraction: float = 0.01
     num_proc: int = 1  # processes for tokenisation (datasets.map)
     data_cache: str = ""  # tokenised-corpus cache (default <out_dir>/data_cache); jobs on one corpus can share it
     dropout: float = 0.1
-    objective: str = "mlm"  # mlm | kd
+    objective: str = "auto"  # mlm | kd | auto: kd from the source when compressing (--init_from a transformers folder), else mlm
     teacher: str | None = None  # transformers encoder folder (kd)
     # optimisation
     steps: int = 1000  # total optimizer steps of the run (sets the LR schedule)
@@ -43,8 +43,8 @@ class TrainConfig:
     local_rank: int = -1  # set by the deepspeed launcher; LOCAL_RANK from the environment wins
 
     def validate(self) -> None:
-        if self.objective not in ("mlm", "kd"):
-            raise ValueError(f"--objective must be mlm or kd, got {self.objective!r}")
+        if self.objective not in ("mlm", "kd", "auto"):
+            raise ValueError(f"--objective must be mlm, kd or auto, got {self.objective!r}")
         if self.objective == "kd" and not self.teacher:
             raise ValueError("--objective kd needs --teacher (a transformers encoder folder)")
         if self.resume not in ("auto", "never", "must"):
@@ -58,9 +58,16 @@ class TrainConfig:
 class PretrainConfig(TrainConfig):
     """Pre-train a SuperPLM with DeepSpeed (MLM or KD; uniform or sandwich arch sampling)."""
 
-    space: str = "demo"  # preset name or YAML/JSON spec file
-    max_positions: int = 512
-    init_from: str | None = None  # SuperPLM folder, or BERT-family transformers folder (overlapping weights)
+    space: str = "auto"  # preset name, YAML/JSON spec file, from_model (derived from --init_from); auto: from_model when compressing, else demo
+    hidden_step: int = 0  # from_model space: hidden-size step (0: about 12 sizes)
+    ffn_step: int = 0  # from_model space: FFN-size step (0: about 16 sizes)
+    head_dim_step: int = 0  # from_model space: step of each head's qkv dims (0: about 8 sizes)
+    max_positions: int = 0  # 0: the source's when compressing, else 512
+    init_from: str | None = None  # BERT-family transformers folder to compress, or a SuperPLM folder to continue
+    reorder: str = "auto"  # importance | none (plain copy of the leading weights); auto: importance when compressing
+    importance: str = "activation"  # importance estimator: activation | taylor
+    calib_samples: int = 256  # calibration sequences (training blocks) for importance, split over the ranks
+    importance_file: str = ""  # importance.json to reuse or write (default <out_dir>/importance.json)
     sampling: str = "uniform"  # uniform | sandwich | fixed
     sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
     inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others
@@ -68,6 +75,12 @@ class PretrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.reorder not in ("importance", "none"):
+            raise ValueError(f"--reorder must be importance, none or auto, got {self.reorder!r}")
+        if self.importance not in ("activation", "taylor"):
+            raise ValueError(f"--importance must be activation or taylor, got {self.importance!r}")
+        if self.calib_samples < 1:
+            raise ValueError(f"--calib_samples must be >= 1, got {self.calib_samples}")
         if self.seq_len > self.max_positions:
             raise ValueError(f"--seq_len {self.seq_len} exceeds --max_positions {self.max_positions}")
         if self.inplace_distill and (self.sampling != "sandwich" or self.objective != "mlm"):

@@ -147,8 +147,12 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     supernet, meta = load_supernet(cfg.supernet)
     picks = picks_from_config(cfg, supernet)
-    if cfg.tokenizer == "demo" and meta.get("tokenizer"):
-        cfg.tokenizer = meta["tokenizer"]  # the tokenizer the SuperPLM was trained with
+    if cfg.tokenizer == "auto":
+        cfg.tokenizer = meta.get("tokenizer") or "demo"  # the tokenizer the SuperPLM was trained with
+    if cfg.objective == "auto":  # the SuperPLM's own objective, and its teacher when it was distilled
+        cfg.objective = meta.get("objective", "mlm")
+        cfg.teacher = cfg.teacher or (meta.get("teacher") if cfg.objective == "kd" else None)
+        cfg.validate()
     tokenizer, blocks = prepare_data(cfg, env, out)
     if len(tokenizer) > supernet.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the SuperPLM vocab {supernet.config.vocab_size}")

@@ -20,7 +20,7 @@ OBJECTIVES = ("mlm", "kd")
 
 class SuperPLMTrainModule(nn.Module):
     def __init__(self, supernet: SuperBert, objective: str = "mlm", teacher_hidden: int | None = None,
-                 inplace_distill: bool = False):
+                 inplace_distill: bool = False, identity_projection: bool = False):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -32,7 +32,10 @@ class SuperPLMTrainModule(nn.Module):
                 raise ValueError("objective 'kd' needs the teacher's hidden size")
             self.kd_projection = ElasticLinear(supernet.largest.hidden, teacher_hidden)
             with torch.no_grad():
-                self.kd_projection.weight.normal_(0.0, supernet.config.initializer_range)
+                if identity_projection:
+                    self.kd_projection.weight.copy_(torch.eye(teacher_hidden, supernet.largest.hidden))
+                else:
+                    self.kd_projection.weight.normal_(0.0, supernet.config.initializer_range)
 
     def forward(self, batch: dict[str, torch.Tensor], archs: list[Arch],
                 teacher: TeacherOutput | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -58,10 +58,10 @@ class Teacher:
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "Teacher":
-        from transformers import AutoModel
+        from atb.model.bert_source import build_model, read_config
 
         try:
-            model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
+            model = build_model(path, read_config(path))
         except OSError as err:
             raise FileNotFoundError(f"teacher {path} could not be loaded as a transformers folder: {err}") from None
         return cls(model.to(device=device, dtype=dtype))

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from atb.data import dev_batches
+from atb.fsutil import write_text_atomic
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch, SearchSpace
+from atb.train import compress
 from atb.train.config import PretrainConfig
 from atb.train.distributed import DistEnv, init_distributed
 from atb.train.job import Job
@@ -23,12 +26,17 @@ from atb.train.sampling import ArchSampler
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 
 
-def build_supernet(cfg: PretrainConfig, vocab_size: int) -> SuperBert:
-    space = SearchSpace.load(cfg.space)
+def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, source: Path | None = None) -> SuperBert:
+    """A SuperBert over `space`, initialised from `source` (the ordered copy of a compressed model) or from
+    --init_from, else at random."""
     sb_cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab_size, max_position_embeddings=cfg.max_positions,
                              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     model = SuperBert(sb_cfg)
-    if cfg.init_from:
+    if source is not None:
+        from atb.model.pretrained_init import init_from_pretrained
+
+        init_from_pretrained(model, source)
+    elif cfg.init_from:
         from atb.model.supernet_io import is_supernet_folder, load_supernet, untied_state_dict
 
         if is_supernet_folder(Path(cfg.init_from)):  # continue from a SuperPLM (same space and vocab)
@@ -45,17 +53,34 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int) -> SuperBert:
 
 
 def train(cfg: PretrainConfig) -> dict[str, Any]:
+    compress.resolve_defaults(cfg)
     cfg.validate()
+    space = compress.resolve_space(cfg)
+    if compress.compresses(cfg):
+        compress.preflight(cfg, space)
     env = init_distributed()
     out = Path(cfg.out_dir)
     tokenizer, blocks = prepare_data(cfg, env, out)
+    if env.is_main:  # the resolved space, for the jobs that follow (latency measure --space <this file>)
+        write_text_atomic(out / "space.yaml", yaml.safe_dump(space.to_spec(), sort_keys=False))
+    ordered, source_is_teacher = None, False
+    if compress.compresses(cfg):
+        if cfg.reorder == "importance":
+            ordered = compress.order_for_run(cfg, env, out, blocks["train"], tokenizer, space)
+        source_is_teacher = cfg.objective == "kd" and Path(cfg.teacher).resolve() == Path(cfg.init_from).resolve()
+        if source_is_teacher:
+            cfg.teacher = str(ordered or cfg.init_from)  # the source itself, in the supernet's unit order
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every re-run
-    model = build_supernet(cfg, vocab_size=len(tokenizer))
+    model = build_supernet(cfg, len(tokenizer), space, ordered)
     config = fill_ds_config(cfg, on_cpu=env.device.type == "cpu")
     teacher = load_teacher(cfg, env, config, tokenizer)
     if teacher is not None:
         check_teacher_fits(teacher, model)
-    module = SuperPLMTrainModule(model, cfg.objective, teacher.hidden_size if teacher else None, cfg.inplace_distill)
+    # a student sliced from the teacher's own ordered weights shares its hidden basis: start the projection
+    # to the teacher's width at identity, so each sub-network's leading channels already match
+    same_basis = teacher is not None and compress.compresses(cfg) and source_is_teacher
+    module = SuperPLMTrainModule(model, cfg.objective, teacher.hidden_size if teacher else None, cfg.inplace_distill,
+                                 identity_projection=same_basis)
     fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs.split(";") if a.strip())
     sampler = ArchSampler(model.space, cfg.sampling, cfg.seed, cfg.sandwich_random, fixed)
 
@@ -63,7 +88,8 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     record = {"supernet_config": model.config.to_dict(), "objective": cfg.objective,
               "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len,
               # what later jobs need to hold out exactly the same dev blocks
-              "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed}
+              "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed,
+              "teacher": str(Path(cfg.teacher).resolve()) if cfg.teacher else None, **compress.record(cfg, ordered)}
     job = PretrainJob(module, record, teacher, sampler, dev, env, out / "supernet")
     return run_session(cfg, env, tokenizer, blocks, job, config)
 
@@ -121,3 +147,7 @@ def export_supernet(ckpt_dir: Path, folder: Path, env: DistEnv) -> None:
         if folder.exists():
             warnings.warn(f"replacing the previous export {folder} with the newer step {meta['step']}")
         save_supernet(model, folder, meta=meta, overwrite=True)
+        if meta.get("objective") == "kd":  # search and develop score sub-networks through the trained projection
+            from atb.evaluate import save_kd_projection
+
+            save_kd_projection(ckpt_dir, folder)

@@ -1,0 +1,115 @@
+"""A pre-trained BERT-family folder that atb compresses: its config, weights, content hash and a model.
+
+BERT-family means transformers' `bert` or atb's own `atb_tinybert` exports: the parameter names and the
+block structure SuperBert mirrors. Anything else (RoBERTa's offset positions, DistilBERT's names) is
+refused with the model type named, rather than half-copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+BERT_FAMILY = ("bert", "atb_tinybert")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class SourceDims:
+    """The shape of a BERT-family model, read from its config."""
+
+    layers: int
+    hidden: int
+    heads: int
+    qkv: int
+    ffn: int
+    vocab_size: int
+    max_positions: int
+    type_vocab_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv // self.heads
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a transformers model folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    model_type = config.get("model_type")
+    if model_type not in BERT_FAMILY:
+        raise ValueError(f"{folder}: model_type {model_type!r} is not BERT-family; atb compresses {list(BERT_FAMILY)} "
+                         "folders (same parameter names and blocks as transformers' BERT)")
+    if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{folder}: only gelu activations and absolute positions are supported, got "
+                         f"{config.get('hidden_act')!r} / {config.get('position_embedding_type')!r}")
+    return config
+
+
+def source_dims(config: dict[str, Any]) -> SourceDims:
+    hidden = int(config["hidden_size"])
+    return SourceDims(layers=int(config["num_hidden_layers"]), hidden=hidden,
+                      heads=int(config["num_attention_heads"]), qkv=int(config.get("qkv_size") or hidden),
+                      ffn=int(config["intermediate_size"]), vocab_size=int(config["vocab_size"]),
+                      max_positions=int(config.get("max_position_embeddings", 512)),
+                      type_vocab_size=int(config.get("type_vocab_size", 2)))
+
+
+def weights_file(folder: str | Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def content_hash(folder: str | Path) -> str:
+    """sha256 over the config and the weights: what importance scores and orders were computed from."""
+    digest = hashlib.sha256()
+    for path in (Path(folder) / "config.json", weights_file(folder)):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Tensor]:
+    """The folder's weights; with `normalise`, under BertForMaskedLM names (`bert.` prefix) whatever head
+    it was saved with."""
+    path = weights_file(folder)
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
+            path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors and torch raise several types for a damaged file
+        raise ValueError(f"{path} cannot be read as weights ({type(err).__name__}: {err})") from None
+    if not normalise:
+        return state
+    return {("bert." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v for k, v in state.items()}
+
+
+def build_model(folder: str | Path, config: dict[str, Any], with_mlm_head: bool = False) -> torch.nn.Module:
+    """The folder as an eval-mode transformers model (encoder, or MaskedLM when asked), without remote code."""
+    if config["model_type"] == "bert":
+        from transformers import BertForMaskedLM, BertModel
+
+        cls = BertForMaskedLM if with_mlm_head else BertModel
+    else:
+        from atb.model.tiny import TinyBertForMaskedLM, TinyBertModel
+
+        cls = TinyBertForMaskedLM if with_mlm_head else TinyBertModel
+    return cls.from_pretrained(str(folder)).eval()
+
+
+def has_mlm_head(folder: str | Path) -> bool:
+    return any(k.startswith("cls.predictions.transform.") for k in load_state(folder))

@@ -1,0 +1,130 @@
+"""Function-preserving permutation of a BERT-family model, so that leading sub-matrices are the best ones.
+
+Three kinds of units can be reordered without changing what the model computes:
+- hidden (residual-stream) channels: one order shared by the embeddings, every LayerNorm and every matrix
+  that reads or writes the stream (LayerNorm statistics do not depend on channel order);
+- attention heads of each layer (rows of q/k/v, columns of the output projection), and inside a head the
+  query/key dims (permuted together: q·k is a sum over them) and the value dims (with the output columns);
+- FFN neurons of each layer (rows of the first matrix, columns of the second).
+
+The permuted model's last hidden state is the source's with its channels reordered; MLM logits, pooler
+output and task heads on top of the pooler are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from atb.model.bert_source import SourceDims
+
+
+@dataclass
+class LayerOrder:
+    heads: torch.Tensor  # [heads]: new head j is old head heads[j]
+    qk_dims: torch.Tensor  # [heads, head_dim]: inside OLD head a, new query/key dim e is old dim qk_dims[a, e]
+    v_dims: torch.Tensor  # [heads, head_dim]: likewise for value dims (and the output projection's columns)
+    ffn: torch.Tensor  # [ffn]
+
+
+@dataclass
+class ModelOrder:
+    hidden: torch.Tensor  # [hidden]
+    layers: list[LayerOrder]
+
+    @classmethod
+    def identity(cls, dims: SourceDims) -> "ModelOrder":
+        def dims_order() -> torch.Tensor:
+            return torch.arange(dims.head_dim).repeat(dims.heads, 1)
+
+        return cls(torch.arange(dims.hidden), [
+            LayerOrder(torch.arange(dims.heads), dims_order(), dims_order(), torch.arange(dims.ffn))
+            for _ in range(dims.layers)])
+
+    def to_dict(self) -> dict:
+        return {"hidden": self.hidden.tolist(),
+                "layers": [{"heads": o.heads.tolist(), "qk_dims": o.qk_dims.tolist(), "v_dims": o.v_dims.tolist(),
+                            "ffn": o.ffn.tolist()} for o in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict, dims: SourceDims) -> "ModelOrder":
+        order = cls(torch.tensor(data["hidden"]), [
+            LayerOrder(torch.tensor(o["heads"]), torch.tensor(o["qk_dims"]), torch.tensor(o["v_dims"]),
+                       torch.tensor(o["ffn"])) for o in data["layers"]])
+        order.check(dims)
+        return order
+
+    def check(self, dims: SourceDims) -> None:
+        """Each order must be a permutation of the right size: anything else would corrupt the weights."""
+        def is_perm(t: torch.Tensor, n: int) -> bool:
+            return t.dim() == 1 and len(t) == n and torch.equal(t.sort().values, torch.arange(n))
+
+        ok = is_perm(self.hidden, dims.hidden) and len(self.layers) == dims.layers
+        for o in self.layers:
+            ok = ok and is_perm(o.heads, dims.heads) and is_perm(o.ffn, dims.ffn)
+            for within in (o.qk_dims, o.v_dims):
+                ok = ok and within.shape == (dims.heads, dims.head_dim) and all(
+                    is_perm(row, dims.head_dim) for row in within)
+        if not ok:
+            raise ValueError(f"orders do not fit a model of {dims}: each must be a permutation of its unit count")
+
+
+def _head_rows(heads: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """Row index into a [heads * head_dim, ...] matrix for the reordered heads and dims."""
+    head_dim = within.shape[1]
+    return (heads[:, None] * head_dim + within[heads]).reshape(-1)
+
+
+def permute_state_dict(state: dict[str, torch.Tensor], order: ModelOrder) -> dict[str, torch.Tensor]:
+    """A new state dict with every tensor reordered. Keys may carry any prefix (`bert.`, none); a tensor
+    this function does not know is an error, since leaving it in the old order would break the model."""
+    h = order.hidden
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        out[key] = _permute_one(key, value, h, order)
+    return out
+
+
+def _permute_one(key: str, t: torch.Tensor, h: torch.Tensor, order: ModelOrder) -> torch.Tensor:
+    if key.endswith("position_ids"):
+        return t
+    if ".encoder.layer." in f".{key}":
+        index, rest = key.split("encoder.layer.", 1)[1].split(".", 1)
+        return _permute_layer(rest, t, h, order.layers[int(index)])
+    if key.endswith(("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+                     "predictions.decoder.weight", "qa_outputs.weight")):
+        return t[:, h]  # read the stream: columns
+    if key.endswith(("embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias",
+                     "transform.LayerNorm.weight", "transform.LayerNorm.bias", "transform.dense.bias")):
+        return t[h]
+    if key.endswith("transform.dense.weight"):
+        return t[h][:, h]
+    if key.endswith("pooler.dense.weight"):
+        return t[:, h]  # the pooler's output keeps its basis, so heads on top of it are untouched
+    if key.endswith(("pooler.dense.bias", "predictions.bias", "predictions.decoder.bias", "qa_outputs.bias",
+                     "classifier.weight", "classifier.bias")):
+        return t
+    raise ValueError(f"cannot permute tensor {key!r}: not part of a BERT-family model atb knows")
+
+
+def _permute_layer(rest: str, t: torch.Tensor, h: torch.Tensor, o: LayerOrder) -> torch.Tensor:
+    qk_rows, v_rows = _head_rows(o.heads, o.qk_dims), _head_rows(o.heads, o.v_dims)
+    table = {
+        "attention.self.query.weight": lambda: t[qk_rows][:, h],
+        "attention.self.key.weight": lambda: t[qk_rows][:, h],
+        "attention.self.value.weight": lambda: t[v_rows][:, h],
+        "attention.self.query.bias": lambda: t[qk_rows],
+        "attention.self.key.bias": lambda: t[qk_rows],
+        "attention.self.value.bias": lambda: t[v_rows],
+        "attention.output.dense.weight": lambda: t[h][:, v_rows],
+        "intermediate.dense.weight": lambda: t[o.ffn][:, h],
+        "intermediate.dense.bias": lambda: t[o.ffn],
+        "output.dense.weight": lambda: t[h][:, o.ffn],
+    }
+    if rest in table:
+        return table[rest]().contiguous()
+    if rest in ("attention.output.dense.bias", "attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
+                "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias"):
+        return t[h].contiguous()
+    raise ValueError(f"cannot permute layer tensor {rest!r}: not part of a BERT layer")

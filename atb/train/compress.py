@@ -1,0 +1,168 @@
+"""Pre-training from a pre-trained BERT-family folder: resolve the run's defaults, then importance on
+calibration batches and the importance-ordered copy of the source that the SuperPLM and its teacher start from.
+
+Leading sub-matrices are only good sub-networks once the most important heads, neurons and channels come
+first; the ordered copy computes the same function as the source, so with the space derived from the source
+the largest sub-network *is* the source, and distillation from it (the default objective) trains the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from atb.model.bert_source import build_model, content_hash, has_mlm_head, read_config, source_dims
+from atb.model.importance import compute_importance
+from atb.model.ordering import IMPORTANCE_FILE, read_importance, write_importance, write_ordered_folder
+from atb.model.supernet_io import is_supernet_folder
+from atb.space import SearchSpace, check_within, space_from_source
+from atb.train.config import PretrainConfig
+from atb.train.distributed import DistEnv, barrier
+
+log = logging.getLogger(__name__)
+ORDERED_DIR = "source_ordered"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def compresses(cfg: PretrainConfig) -> bool:
+    """Whether this run shrinks a transformers folder (rather than starting from scratch or a SuperPLM)."""
+    return bool(cfg.init_from) and not is_supernet_folder(Path(cfg.init_from))
+
+
+def resolve_defaults(cfg: PretrainConfig) -> None:
+    """Fill the `auto` fields: compression runs default to the source's space, tokenizer, importance order
+    and distillation from the source; other runs keep the from-scratch defaults."""
+    source = compresses(cfg)
+    if source:
+        dims = source_dims(read_config(cfg.init_from))
+        if cfg.train_tokenizer_vocab > 0:
+            raise ValueError("--train_tokenizer_vocab cannot be used with --init_from a pre-trained model: "
+                             "its embeddings belong to its own tokenizer")
+        if cfg.tokenizer == "auto":
+            has_tokenizer = any((Path(cfg.init_from) / f).is_file() for f in TOKENIZER_FILES)
+            cfg.tokenizer = cfg.init_from if has_tokenizer else "demo"
+        if cfg.max_positions == 0:
+            cfg.max_positions = dims.max_positions
+    cfg.tokenizer = "demo" if cfg.tokenizer == "auto" else cfg.tokenizer
+    cfg.max_positions = cfg.max_positions or 512
+    if cfg.space == "auto":
+        cfg.space = "from_model" if source else "demo"
+    if cfg.reorder == "auto":
+        cfg.reorder = "importance" if source else "none"
+    if cfg.objective == "auto":
+        cfg.objective = "kd" if source else "mlm"
+    if source and cfg.objective == "kd" and not cfg.teacher:
+        cfg.teacher = cfg.init_from  # the source teaches (in the supernet's unit order: see pretrain.train)
+    if cfg.space == "from_model" and not source:
+        raise ValueError("--space from_model needs --init_from <a BERT-family transformers folder>")
+    if cfg.reorder == "importance" and not source:
+        raise ValueError("--reorder importance needs --init_from <a BERT-family transformers folder>")
+
+
+def resolve_space(cfg: PretrainConfig) -> SearchSpace:
+    if cfg.space != "from_model":
+        space = SearchSpace.load(cfg.space)
+    else:
+        dims = source_dims(read_config(cfg.init_from))
+        space = SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn,
+                                                        cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
+    if compresses(cfg):
+        d = source_dims(read_config(cfg.init_from))
+        check_within(space, d.layers, d.hidden, d.heads, d.qkv, d.ffn, cfg.init_from)
+    return space
+
+
+def preflight(cfg: PretrainConfig, space: SearchSpace) -> None:
+    """The checks that must fail before anything is written: the tokenizer fits the source, and an existing
+    importance file was computed for this source, space and estimator."""
+    from atb.data import load_tokenizer
+
+    check_tokenizer(cfg, load_tokenizer(cfg.tokenizer))
+    path = importance_path(cfg, Path(cfg.out_dir))
+    if cfg.reorder == "importance" and path.is_file():
+        source = Path(cfg.init_from)
+        read_importance(path, content_hash(source), space.to_spec(), cfg.importance, source_dims(read_config(source)))
+
+
+def importance_path(cfg: PretrainConfig, out: Path) -> Path:
+    return Path(cfg.importance_file) if cfg.importance_file else out / IMPORTANCE_FILE
+
+
+def check_tokenizer(cfg: PretrainConfig, tokenizer) -> None:
+    """The run's tokenizer must be the one the source was trained with: same vocabulary, same ids."""
+    from atb.data import load_tokenizer
+
+    source = Path(cfg.init_from)
+    vocab_size = source_dims(read_config(source)).vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens but the source {source} has a "
+                         f"vocab of {vocab_size}: use the source's own tokenizer (--tokenizer {source})")
+    if Path(cfg.tokenizer).resolve() != source.resolve() and any((source / f).is_file() for f in TOKENIZER_FILES):
+        if load_tokenizer(str(source)).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"tokenizer {cfg.tokenizer} does not match the source {source}'s vocabulary; "
+                             f"use the source's own (--tokenizer {source})")
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def calibration_batches(blocks, tokenizer, samples: int, batch_size: int, seed: int,
+                        env: DistEnv) -> list[dict[str, torch.Tensor]]:
+    """The first `samples` training blocks (with fixed masks, for the Taylor loss): this rank's share."""
+    from atb.data.loader import masked_batches
+
+    mine = list(range(env.rank, min(samples, len(blocks)), env.world_size))
+    batches = masked_batches(blocks, tokenizer, mine, batch_size, seed, "calibration")
+    return [{k: v.to(env.device) for k, v in b.items()} for b in batches]
+
+
+def ordered_source(source: Path, out: Path, importance_file: Path, estimator: str, space: SearchSpace,
+                   batches: list[dict[str, torch.Tensor]], env: DistEnv, calibration: dict[str, Any]) -> Path:
+    """`importance_file` (reused when it fits this source, space and estimator, else computed from this rank's
+    calibration `batches` and written) and `out`/source_ordered, the source with its units in that order."""
+    dims = source_dims(read_config(source))
+    source_hash = content_hash(source)
+    spec = space.to_spec()
+    if importance_file.is_file():
+        _, order = read_importance(importance_file, source_hash, spec, estimator, dims)
+        log.info("reusing importance orders from %s", importance_file)
+    else:
+        with_head = estimator == "taylor" and has_mlm_head(source)
+        model = build_model(source, read_config(source), with_mlm_head=with_head).to(env.device)
+        importance = compute_importance(model, batches, dims, estimator, _sum_over_ranks)
+        order = importance.order(within_heads=space.qkv is not None)
+        if env.is_main:
+            write_importance(importance_file, importance, order, source, source_hash, spec,
+                             {**calibration, "samples": importance.samples})
+        barrier()
+    dest = out / ORDERED_DIR
+    if env.is_main:
+        write_ordered_folder(source, order, dest, importance_file)
+    barrier()
+    return dest
+
+
+def order_for_run(cfg: PretrainConfig, env: DistEnv, out: Path, blocks, tokenizer, space: SearchSpace) -> Path:
+    """`ordered_source` with the pre-training run's calibration settings."""
+    path = importance_path(cfg, out)
+    batches = [] if path.is_file() else calibration_batches(blocks, tokenizer, cfg.calib_samples, cfg.micro_batch,
+                                                            cfg.seed, env)
+    return ordered_source(Path(cfg.init_from), out, path, cfg.importance, space, batches, env,
+                          {"seq_len": cfg.seq_len, "corpus": cfg.corpus, "seed": cfg.seed})
+
+
+def record(cfg: PretrainConfig, ordered: Path | None) -> dict[str, Any]:
+    """What the run's checkpoint record says about compression (later jobs read the teacher from it)."""
+    if not compresses(cfg):
+        return {}
+    return {"source": str(Path(cfg.init_from).resolve()), "reorder": cfg.reorder,
+            "importance_estimator": cfg.importance if ordered else None,
+            "ordered_source": str(ordered.resolve()) if ordered else None}

