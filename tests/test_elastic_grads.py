@@ -9,6 +9,7 @@ supernet whose weights are their own flat indices.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -44,12 +45,17 @@ def expected_grads(model, arch: Arch, dense_grads: dict[str, torch.Tensor]) -> d
     return expected
 
 
-def supernet_grads(model, archs: list[Arch], batch, all_logits: bool) -> dict[str, torch.Tensor]:
-    ids, mask, types, labels = batch
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def supernet_grads(model, archs: list[Arch], batch, all_logits: bool, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Gradients of SuperBert on `device` (a copy of `model` there), returned on the CPU."""
+    model = model if device == "cpu" else copy.deepcopy(model).to(device)
+    ids, mask, types, labels = (t.to(device) for t in batch)
     model.zero_grad(set_to_none=True)
     loss = sum(model(ids, mask, types, arch=a, labels=labels, logits_for_all=all_logits).loss for a in archs)
     loss.backward()
-    return {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in model.named_parameters()}
+    return {name: (p.grad if p.grad is not None else torch.zeros_like(p)).cpu() for name, p in model.named_parameters()}
 
 
 def dense_grads(model, arch: Arch, batch) -> dict[str, torch.Tensor]:
@@ -71,9 +77,10 @@ def archs_of(model, n: int, seed: int) -> list[Arch]:
     return sorted(archs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
 @pytest.mark.parametrize("all_logits", [True, False])
-def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits):
+def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits, device):
     model = make_supernet(space)
     ids, mask, types = padded_batch()
     batch = (ids, mask, types, labels_for(ids, mask))
@@ -81,11 +88,12 @@ def test_supernet_gradients_are_the_dense_gradients_in_place(space, all_logits):
     assert any(a.hidden < model.largest.hidden for a in archs) and any(a.layers < model.largest.layers for a in archs)
     for arch in archs:
         want = expected_grads(model, arch, dense_grads(model, arch, batch))
-        assert_grads_close(supernet_grads(model, [arch], batch, all_logits), want, arch.name)
+        assert_grads_close(supernet_grads(model, [arch], batch, all_logits, device), want, arch.name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_several_archs_in_one_graph_add_their_gradients(space):
+def test_several_archs_in_one_graph_add_their_gradients(space, device):
     """The sandwich rule runs several archs in one forward and one backward."""
     model = make_supernet(space)
     ids, mask, types = padded_batch(seed=1)
@@ -95,7 +103,7 @@ def test_several_archs_in_one_graph_add_their_gradients(space):
     for arch in archs:
         for name, g in expected_grads(model, arch, dense_grads(model, arch, batch)).items():
             want[name] += g
-    assert_grads_close(supernet_grads(model, archs, batch, all_logits=False), want, "sandwich")
+    assert_grads_close(supernet_grads(model, archs, batch, False, device), want, "sandwich")
 
 
 def test_encoder_only_loss_still_trains_the_word_embeddings():
