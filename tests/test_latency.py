@@ -128,7 +128,7 @@ def test_parse_target_ms_and_speedups():
 # ---- measurement ------------------------------------------------------------------------------------
 def test_largest_arch_measures_slower_than_smallest_and_threads_are_restored(probe_cache):
     space = SearchSpace.load("demo")
-    settings = MeasureSettings(seq=32, warmup=2, repeats=5, min_time_s=0.0)
+    settings = MeasureSettings(seq=32, warmup=2, repeats=5, min_time_s=0.0, clock="auto", probe=True)
     torch.set_num_threads(2)
     try:
         big = measure_latency(space.largest(), settings=settings)
@@ -145,9 +145,21 @@ def test_largest_arch_measures_slower_than_smallest_and_threads_are_restored(pro
     assert min(remembered.values()) == pytest.approx(min(big.probe_ms, small.probe_ms), rel=1e-3)
 
 
+def test_measure_defaults_to_the_wall_clock_without_probe_or_cache(tmp_path, probe_cache):
+    """What a user's table holds must not depend on what ran on the machine before: no probe, no cache."""
+    out = tmp_path / "t.jsonl"
+    proc = subprocess.run([PYTHON, "tools/latency.py", "measure", "--space", "tiny", "--archs", "L1_H16_A1_Q8_F16",
+                           "--seq", "8", "--warmup", "1", "--repeats", "3", "--min_time_s", "0", "--progress", "false",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = read_table(out)
+    assert row["settings"]["clock"] == "wall" and row["settings"]["probe"] is False
+    assert row["probe_ms"] is None and row["median_ms"] == pytest.approx(row["wall_median_ms"], rel=0.1)
+    assert not probe_cache.exists()
+
+
 def test_wall_clock_without_probe_and_setting_errors():
-    m = measure_latency(Arch(1, 16, 1, 8, 16), settings=MeasureSettings(seq=8, warmup=1, repeats=3,
-                                                                          min_time_s=0.0, clock="wall", probe=False))
+    m = measure_latency(Arch(1, 16, 1, 8, 16), settings=MeasureSettings(seq=8, warmup=1, repeats=3, min_time_s=0.0))
     assert m.repeats == 3 and m.probe_ms is None
     with pytest.raises(ValueError, match="clock='cpu'"):
         MeasureSettings(threads=2, clock="cpu")

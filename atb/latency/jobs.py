@@ -33,8 +33,8 @@ class MeasureConfig:
     batch: int = 1
     seq: int = 128
     dtype: str = "float32"
-    clock: str = "auto"  # auto (thread CPU time with 1 thread), cpu, wall
-    probe: bool = True  # normalise CPU timings by a reference probe (robust to other jobs on the machine)
+    clock: str = "wall"  # wall | cpu (thread CPU time, 1 thread only) | auto (cpu with 1 thread, else wall)
+    probe: bool = False  # shared machines: normalise by a reference probe (its quiet time cached in ~/.cache/atb)
     warmup: int = 5
     repeats: int = 20
     min_time_s: float = 0.2
