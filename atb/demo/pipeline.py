@@ -135,7 +135,7 @@ class Stages:
     def search(self) -> None:
         s = self.sizes
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
-             self.out / "latency" / "predictor", "--targets", self.cfg.targets or s.targets, "--out_dir", self.out / "search",
+             self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
              "--dev_batches", s.dev_batches,
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
@@ -172,13 +172,10 @@ class Stages:
         module(["atb.demo.finetune_models", spec])
 
 
-def task_names(tasks: str | tuple | list) -> list[str]:
-    """fire turns `--tasks a,b` into a tuple and `--tasks a` into a string: accept both."""
-    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    names = [str(t).strip() for t in items if str(t).strip()]
-    if not names:
+def task_names(tasks: list[str]) -> list[str]:
+    if not tasks:
         raise ValueError("--tasks needs at least one task (e.g. movie_sentiment,sms_spam)")
-    return names
+    return tasks
 
 
 def _model_names(out: Path) -> list[str]:

@@ -72,7 +72,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
-        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), disable_tqdm=True,
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_features,
@@ -192,11 +192,6 @@ def _finish_model_folder(folder: Path, source: Path) -> None:
     (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
     if (source / ARCH_JSON).is_file():
         shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
-
-
-def _report_to(value: str) -> str | list[str]:
-    names = [v.strip() for v in str(value).split(",") if v.strip()]
-    return "none" if not names or names == ["none"] else names
 
 
 def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:

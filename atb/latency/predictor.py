@@ -24,7 +24,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -152,6 +152,7 @@ def _zscore_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class LatencyPredictor:
     """Predicts ms for archs; knows the space and the measurement settings it is valid for."""
 
+    units: ClassVar[str] = "ms"
     space: dict[str, Any]
     settings: dict[str, Any]  # device, threads, batch, seq, dtype, clock (MeasureSettings.identity())
     device_info: dict[str, Any]

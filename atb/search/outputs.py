@@ -116,7 +116,7 @@ def plot_pareto(path: Path, state: SearchState, proposer: Proposer, results: dic
             ax.annotate(t["target"], (t["best"]["latency_ms"], t["best"]["score"]), textcoords="offset points",
                         xytext=(5, 5), fontsize=8)
     ax.scatter([], [], marker="*", s=80, color="tab:red", label="pick per target (band shaded)")
-    ax.set_xlabel(f"predicted latency ({getattr(proposer.oracle.predictor, 'units', 'ms')})")
+    ax.set_xlabel(f"predicted latency ({proposer.oracle.predictor.units})")
     ax.set_ylabel(f"{results.get('fitness', {}).get('name', 'fitness')} "
                   f"({'higher' if proposer.higher_is_better else 'lower'} is better)")
     ax.set_title(f"{results.get('method', 'search')}: {len(records)} archs")

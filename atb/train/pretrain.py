@@ -56,7 +56,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     if teacher is not None:
         check_teacher_fits(teacher, model)
     module = SuperPLMTrainModule(model, cfg.objective, teacher.hidden_size if teacher else None, cfg.inplace_distill)
-    fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs.split(";") if a.strip())
+    fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs)
     sampler = ArchSampler(model.space, cfg.sampling, cfg.seed, cfg.sandwich_random, fixed)
 
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
