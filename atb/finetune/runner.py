@@ -34,8 +34,7 @@ from atb.finetune import classification, qa
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
-
-ARCH_JSON = "atb_arch.json"
+from atb.model.extract import ARCH_JSON, count_params
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -54,7 +53,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     tokenizer = _load_tokenizer(cfg, model_dir)
     set_seed(cfg.seed)  # the new head's initial weights
     model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
 
     train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
     # a random subset, not the first rows (task files are often ordered by label), and the same rows for

@@ -31,7 +31,7 @@ from atb.model.elastic import SuperBertConfig
 from atb.model.extract import new_masked_lm
 from atb.space import Arch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names, as latency tables record them
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,6 @@ class Measurement:
     probe_ms: float | None = None  # the probe's quiet time the normalisation used
     slowdown: float | None = None  # median probe time while measuring / its quiet time
 
-    @property
-    def relative_spread(self) -> float:
-        """(p90 - p10) / median: how much single forwards disagree; the table's noise floor uses it."""
-        return (self.p90_ms - self.p10_ms) / self.median_ms
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["times_ms"] = [round(t, 4) for t in self.times_ms]
@@ -168,7 +163,7 @@ def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
     torch.manual_seed(seed)
     encoder = new_masked_lm(arch, model_config).bert.eval()
     device = torch.device(settings.device)
-    encoder.to(device=device, dtype=DTYPES[settings.dtype])
+    encoder.to(device=device, dtype=getattr(torch, settings.dtype))
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model_config.vocab_size, (settings.batch, settings.seq), generator=g)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),

@@ -35,7 +35,7 @@ class SearchConfig:
     # fitness
     fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
     corpus: str = "demo"  # the pre-training corpus (its dev split is held out from training)
-    dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.evaluate.save_dev_batches)
+    dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
     tokenizer: str = ""  # default: the checkpoint's tokenizer
     seq_len: int = 0  # 0: the checkpoint's
     dev_fraction: float = 0.01  # must match pre-training so the dev blocks are really held out

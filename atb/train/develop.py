@@ -90,26 +90,11 @@ def search_targets(cfg: DevelopConfig) -> Path:
     return out / "results.json"
 
 
-def entries_from_results(data: Any, origin: str = "results") -> list[dict[str, Any]]:
-    """(target, arch name, predicted ms) per target of a search results.json (tools/search.py format)."""
-    entries = data.get("targets") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{origin}: expected a search results.json with a 'targets' list")
-    out = []
-    for entry in entries:
-        best = entry.get("best")
-        if not isinstance(best, dict) or "arch" not in best:
-            raise ValueError(f"{origin}: target {entry.get('target')!r} has no best arch (did the search finish?)")
-        out.append({"target": str(entry.get("target")), "arch": Arch.parse(best["arch"]).name,
-                    "predicted_ms": best.get("latency_ms")})
-    return out
-
-
 def picks_from_results(path: Path) -> list[Pick]:
-    from atb.fsutil import read_json
+    from atb.search.outputs import read_results
 
     unique: dict[str, Pick] = {}
-    for entry in entries_from_results(read_json(path, "search results"), str(path)):
+    for entry in read_results(path):
         # several targets may pick the same arch: train it once, under the first target's name
         unique.setdefault(entry["arch"], Pick(Arch.parse(entry["arch"]), entry["target"], entry["predicted_ms"]))
     return list(unique.values())
