@@ -74,7 +74,7 @@ def run_measure(cfg: MeasureConfig) -> list[dict[str, Any]]:
         row = make_row(arch, space, settings, m, cfg.vocab_size)
         append_row(out, row)
         rows.append(row)
-        if hasattr(bar, "set_postfix_str"):
+        if cfg.progress:
             bar.set_postfix_str(f"{arch.name} {m.median_ms:.2f} ms")
     return rows
 
