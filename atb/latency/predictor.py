@@ -114,8 +114,7 @@ RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the loss is a squared log error (~MAPE²
 
 
 def _choose_ridge(tensors: tuple[torch.Tensor, ...], opts: FitOptions) -> float:
-    """The ridge of RIDGE_GRID with the lowest k-fold cross-validated error on the training rows. 80-arch
-    tables land near 1e-3; a 16-arch table needs 100x more, or 40 parameters chase the noise."""
+    """The ridge of RIDGE_GRID with the lowest k-fold cross-validated error (small tables need more of it)."""
     n = len(tensors[-1])
     folds = max(2, min(opts.ridge_folds, n // 2))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
@@ -278,8 +277,7 @@ class LatencyPredictor:
         return cls(space=meta["space"], settings=meta["settings"], device_info=meta["device_info"],
                    layer_features=meta["layer_features"], fixed_features=meta["fixed_features"],
                    normalisation=normalisation, terms=meta["terms"], ridge=meta["ridge"], nets=nets,
-                   statistic=meta["statistic"],
-                   metrics=meta.get("metrics", {}))
+                   statistic=meta["statistic"], metrics=meta.get("metrics", {}))
 
 
 class LinearBaseline:
