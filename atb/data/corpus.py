@@ -29,11 +29,11 @@ def demo_corpus_files() -> list[str]:
 def load_corpus(source: str | list[str]) -> Dataset:
     """A Dataset with one non-blank paragraph per row in column "text".
 
-    `source` is a path, comma-separated paths or a list of paths: text files, folders (every text file inside, recursively, in
+    `source` is a path or a list of paths: text files, folders (every text file inside, recursively, in
     sorted order, hidden ones skipped), or ONE folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (its
     "train" split). "demo" stands for the shipped demo corpus.
     """
-    sources = [s for s in source.split(",") if s] if isinstance(source, str) else list(source)
+    sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise ValueError("no corpus given")
     expanded: list[str] = []

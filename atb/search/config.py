@@ -34,7 +34,7 @@ class SearchConfig:
     seed: int = 0  # of the proposals (evolution, random sampling)
     # fitness
     fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
-    corpus: str = "demo"  # the pre-training corpus (its dev split is held out from training)
+    corpus: list[str] = field(default_factory=lambda: ["demo"])  # the pre-training corpus (its dev split is held out)
     dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
     tokenizer: str = ""  # default: the checkpoint's tokenizer
     seq_len: int = 0  # 0: the checkpoint's

@@ -17,7 +17,7 @@ from atb.data import build_blocks, dev_batches, load_corpus
 Batch = dict[str, torch.Tensor]
 
 
-def load_dev_batches(corpus: str, tokenizer: Any, seq_len: int, dev_fraction: float, data_seed: int,
+def load_dev_batches(corpus: list[str], tokenizer: Any, seq_len: int, dev_fraction: float, data_seed: int,
                      batch_size: int, max_batches: int, cache_dir: str | None) -> list[Batch]:
     """The corpus's held-out dev blocks, masked deterministically (same blocks and masks on every rank and
     in every run), capped at `max_batches` (0 = all)."""

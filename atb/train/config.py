@@ -11,7 +11,7 @@ class TrainConfig:
 
     out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, outputs
     # data
-    corpus: str = "demo"  # text file(s)/folder, comma-separated, a saved datasets folder, or "demo"
+    corpus: list[str] = field(default_factory=lambda: ["demo"])  # text files/folders, a saved datasets folder, or demo
     tokenizer: str = "demo"  # transformers tokenizer folder, or "demo" (bert-base-uncased vocab)
     train_tokenizer_vocab: int = 0  # > 0: train a WordPiece tokenizer of this size on the corpus instead
     seq_len: int = 128  # tokens per training block
