@@ -71,7 +71,7 @@ def _env() -> dict[str, str]:
 
 
 def precision_config(stage: int = 2) -> str:
-    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls without AVX-512 BF16/AMX are ~50x slower (measured)."""
+    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls without AVX-512 BF16/AMX are far slower."""
     import torch
 
     return f"zero{stage}_bf16" if torch.cuda.is_available() else f"zero{stage}_fp32"
