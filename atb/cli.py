@@ -1,17 +1,23 @@
 """The one configuration mechanism: a typed dataclass per job, filled from the command line by fire.
 
-`run_cli(Config, run)` exposes the dataclass fields as flags (fire shows them in `--help`), rejects unknown
-flags with the list of valid ones, coerces values to the annotated types, and turns expected user errors
-(bad arch, missing file, existing output) into one clear line on stderr and exit status 2, never a
-traceback.
+`run_cli(Config, run)` exposes the dataclass fields as flags, rejects unknown flags with the list of valid
+ones, coerces values to the annotated types, and turns expected user errors (bad arch, missing file,
+existing output) into one clear line on stderr and exit status 2, never a traceback. A flag's `--help` line
+is the `# comment` after its field. fire reads `a,b` as a tuple and a JSON object as a dict: a `list[...]`
+field takes either (or a comma-separated string) and a `str` field gets the text back, JSON as JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import io
+import json
 import subprocess
 import sys
+import tokenize
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -28,8 +34,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if value is None:
         return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _coerce(name, value, args[0])
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (tuple, list)) \
+            else [value]
+        items = [v.strip() if isinstance(v, str) else v for v in items]
+        return [_coerce(name, v, args[0] if args else str) for v in items if v != ""]
     if annotation is bool:
         if isinstance(value, str):
             if value.lower() in {"1", "true", "yes"}:
@@ -44,10 +55,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"--{name} expects {annotation.__name__}, got {value!r}") from None
     if annotation is str:
+        if isinstance(value, (dict, list)):
+            return json.dumps(value)
+        if isinstance(value, tuple):
+            return ",".join(_coerce(name, v, str) for v in value)
         return str(value)
-    if origin in (list, tuple) and isinstance(value, (str, int, float)):
-        items = [v for v in str(value).split(",") if v] if isinstance(value, str) else [value]
-        return [_coerce(name, v, args[0]) if args else v for v in items]
     return value
 
 
@@ -92,14 +104,46 @@ def _entry(cls: type[C], run: Callable[[C], Any], prog: str, help_only: bool = F
 
             exit_after_success()
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(cls).parameters.values()]
+    factories = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                        default=factories[p.name]() if p.name in factories else p.default)
+              for p in inspect.signature(cls).parameters.values()]
     # fire would run the job with the flags it knows and only then complain about the others; taking them
     # all lets build_config reject a mistyped flag before anything runs
     if not help_only:  # (with **kwargs in the signature fire would take --help for a flag)
         params.append(inspect.Parameter("unknown_flags", inspect.Parameter.VAR_KEYWORD))
     entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    entry.__doc__ = cls.__doc__
+    # fire shows a Google-style "Args:" section of the docstring under each flag
+    entry.__doc__ = (cls.__doc__ or "") + "\n\nArgs:\n" + "".join(
+        f"    {name}: {text}\n" for name, text in field_help(cls).items())
     return entry
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's one-line help: the `# comment` after it in the class body (base classes included)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and klass is not object:
+            helps.update(_field_comments(klass))
+    return {f.name: helps.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _field_comments(cls: type) -> dict[str, str]:
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    field_name = None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and field_name is None:
+            field_name = tok.string
+        elif tok.type == tokenize.COMMENT and field_name is not None:
+            comments[field_name] = tok.string.lstrip("#").strip()
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            field_name = None
+    return {name: text for name, text in comments.items() if name in cls.__dataclass_fields__}
 
 
 def git_hash(cwd: str | Path | None = None) -> str:

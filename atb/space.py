@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -266,21 +266,6 @@ class SearchSpace:
     def enumerate_size(self) -> int:
         n_qkv = sum(len(self.qkv_choices(h)) for h in self.heads.values())
         return len(self.layers.values()) * len(self.hidden.values()) * len(self.ffn.values()) * n_qkv
-
-    def iter_grid(self, layers: list[int] | None = None) -> Iterator[Arch]:
-        """Coarse grid (every field at min, mid, max) used for stratified sampling."""
-        def pick(rng_: IntRange) -> list[int]:
-            vals = rng_.values()
-            return sorted({vals[0], vals[len(vals) // 2], vals[-1]})
-        for L in layers or pick(self.layers):
-            for H in pick(self.hidden):
-                for A in pick(self.heads):
-                    qs = self.qkv_choices(A)
-                    if not qs:
-                        continue
-                    for Q in sorted({qs[0], qs[len(qs) // 2], qs[-1]}):
-                        for F in pick(self.ffn):
-                            yield Arch(L, H, A, Q, F)
 
 
 def presets() -> list[str]:

@@ -17,17 +17,15 @@ from atb.fsutil import write_json_atomic
 REPORTERS = ("tensorboard", "wandb", "none")
 
 
-def parse_report_to(report_to: str | list[str] | tuple[str, ...]) -> list[str]:
-    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    items = [i.strip() for i in items if i.strip()]
-    bad = [i for i in items if i not in REPORTERS]
+def parse_report_to(report_to: list[str]) -> list[str]:
+    bad = [i for i in report_to if i not in REPORTERS]
     if bad:
         raise ValueError(f"unknown --report_to value(s) {bad}; choose from {REPORTERS}")
-    return [i for i in items if i != "none"]
+    return [i for i in report_to if i != "none"]
 
 
 class Tracker:
-    def __init__(self, run_dir: str | Path, report_to: str | list[str], config: dict[str, Any],
+    def __init__(self, run_dir: str | Path, report_to: list[str], config: dict[str, Any],
                  project: str = "atb", enabled: bool = True, run_name: str | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled

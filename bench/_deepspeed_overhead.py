@@ -60,6 +60,7 @@ def run(args: argparse.Namespace, supernet: nn.Module, dense: nn.Module, arch: A
     import deepspeed
     import torch.distributed as dist
 
+    from atb.model.extract import count_params
     from atb.train import ds_config
     from atb.train.distributed import init_distributed
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, supernet: nn.Module, dense: nn.Module, arch: A
     print(f"DeepSpeed train steps: {result.describe('SuperBert', 'BertForMaskedLM')}")
     print(f"{TOKENS_NOTE}: SuperBert {super_tps:.0f} | BertForMaskedLM {dense_tps:.0f}")
     if args.peak_tflops:
-        params = sum(p.numel() for p in dense.parameters())
+        params = count_params(dense)
         flops_per_token = 6 * params + 12 * arch.layers * arch.hidden * args.seq
         for label, tps in (("SuperBert", super_tps), ("BertForMaskedLM", dense_tps)):
             mfu = tps * flops_per_token / (env.world_size * args.peak_tflops * 1e12)

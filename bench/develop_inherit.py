@@ -36,7 +36,7 @@ def develop(out: Path, args: argparse.Namespace, from_scratch: bool) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--supernet", default="runs/demo/pretrain/supernet")
-    parser.add_argument("--archs", default="L4_H256_A4_Q256_F1024;L2_H192_A3_Q192_F768;L1_H128_A2_Q128_F512")
+    parser.add_argument("--archs", default="L4_H256_A4_Q256_F1024,L2_H192_A3_Q192_F768,L1_H128_A2_Q128_F512")
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -62,7 +62,7 @@ def main() -> None:
         tool("pretrain", {**common, "out_dir": tmp / "pre", "space": tmp / "space.yaml", "steps": 2, "save_every": 2})
         develop = {**common, "supernet": tmp / "pre" / "supernet", "objective": "kd", "teacher": teacher,
                    "steps": steps, "save_every": steps, "measure_latency": "false"}
-        together = tool("develop", {**develop, "out_dir": tmp / "together", "archs": ";".join(ARCHS)})
+        together = tool("develop", {**develop, "out_dir": tmp / "together", "archs": ",".join(ARCHS)})
         alone = [tool("develop", {**develop, "out_dir": tmp / f"alone{i}", "archs": a}) for i, a in enumerate(ARCHS)]
     sequential = sum(alone)
     print(f"K=4 in one run: {together:.1f} s; 4 sequential runs: {sequential:.1f} s "

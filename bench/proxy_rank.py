@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from atb.data import load_tokenizer  # noqa: E402
-from atb.evaluate import DevLossFitness, load_dev_batches, load_kd_projection  # noqa: E402
+from atb.search.dev_data import load_dev_batches  # noqa: E402
+from atb.search.fitness import DevLossFitness, load_kd_projection  # noqa: E402
 from atb.finetune import FinetuneConfig, finetune  # noqa: E402
 from atb.latency import LatencyPredictor  # noqa: E402
 from atb.latency.metrics import kendall_tau  # noqa: E402

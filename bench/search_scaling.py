@@ -34,7 +34,7 @@ ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", 
 
 
 def make_inputs(root: Path, seq: int = 128, batch: int = 16, n_batches: int = 2) -> None:
-    from atb.evaluate import save_dev_batches
+    from atb.search.dev_data import save_dev_batches
     from atb.model.elastic import SuperBert, SuperBertConfig
     from atb.model.supernet_io import save_supernet
     from atb.space import SearchSpace

@@ -29,12 +29,8 @@ import _deepspeed_overhead
 from _common import (Comparison, bench_line, check_same_function, compare, machine_line, mlm_batch,
                      set_threads)
 from atb.model.elastic import SuperBert, SuperBertConfig
-from atb.model.extract import build_masked_lm
+from atb.model.extract import build_masked_lm, count_params
 from atb.space import SearchSpace
-
-
-def count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
@@ -62,8 +58,8 @@ def main() -> None:
     dense_name = type(dense).__name__  # BertForMaskedLM; TinyBertForMaskedLM in --quick's tiny space
     if not args.quick and not arch.is_vanilla_bert:
         raise SystemExit(f"{arch.name}: the largest arch of {args.space} is no stock BERT (qkv != hidden)")
-    if count(supernet) != count(dense):
-        raise SystemExit(f"parameter counts differ: SuperBert {count(supernet)}, {dense_name} {count(dense)}")
+    if count_params(supernet) != count_params(dense):
+        raise SystemExit(f"parameter counts differ: SuperBert {count_params(supernet)}, {dense_name} {count_params(dense)}")
     batch = mlm_batch(args.batch, args.seq, vocab)
     check_same_function(supernet, dense, arch, batch)
     if args.deepspeed:
@@ -85,7 +81,7 @@ def main() -> None:
         dense(**batch).loss.backward()
         dense_opt.step()
 
-    print(f"superplm_overhead: {arch.name} ({count(dense) / 1e6:.1f}M parameters, vocab {vocab}), batch "
+    print(f"superplm_overhead: {arch.name} ({count_params(dense) / 1e6:.1f}M parameters, vocab {vocab}), batch "
           f"{args.batch} x {args.seq}, {args.repeats} repeats, fp32, train mode (dropout "
           f"{cfg.hidden_dropout_prob}), AdamW; {machine_line()}", flush=True)
     result: Comparison = compare(supernet_step(), dense_step, args.repeats)

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def run_tool(tool: str, args: list, nproc: int = 1, timeout: int = 300, check: bool = True,
-             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+             launcher: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     script = str(REPO / "tools" / f"{tool}.py")
     if launcher is not None:
         cmd = [*launcher, script]
@@ -44,7 +44,8 @@ def run_tool(tool: str, args: list, nproc: int = 1, timeout: int = 300, check: b
                "--master_port", str(free_port()), script]
     cmd += [str(a) for a in args]
     ranks = nproc if launcher is None else 2  # the launcher tests start two ranks
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=tool_env(ranks), cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**tool_env(ranks), **(env or {})},
+                          cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

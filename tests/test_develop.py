@@ -41,7 +41,7 @@ def test_one_student_trains_exactly_like_the_arch_alone(corpus_and_tokenizer, su
 
 @pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_two_students_two_ranks_resume_exactly(corpus_and_tokenizer, supernet, tmp_path, stage):  # noqa: F811
-    kw = dict(archs=f"{ARCH_A};{ARCH_B}", ds_config=f"zero{stage}_fp32")
+    kw = dict(archs=f"{ARCH_A},{ARCH_B}", ds_config=f"zero{stage}_fp32")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_tool("develop", develop_args(corpus_and_tokenizer, straight, supernet, **kw), nproc=2)
     run_tool("develop", develop_args(corpus_and_tokenizer, resumed, supernet, stop_at_step=3, **kw), nproc=2)

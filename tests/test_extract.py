@@ -122,6 +122,10 @@ def test_extract_cli_and_its_errors(tmp_path):
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
     assert loaded.config.qkv_size == 16
     before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    as_json = run_tool("--checkpoint", tmp_path / "sp", "--out", tmp_path / "j",
+                       "--arch", '{"layers": 1, "hidden": 32, "heads": 2, "qkv": 16, "ffn": 64}')
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads((tmp_path / "j" / "atb_arch.json").read_text())["arch_name"] == "L1_H32_A2_Q16_F64"
 
     cases = {
         "existing output": (["--arch", "L2_H32_A2_Q16_F64", "--out", tmp_path / "m"], "already exists"),

@@ -103,6 +103,8 @@ def test_metrics_against_hand_computed_values():
 class _FlopsLike:
     """A stand-in predictor with an exactly known answer."""
 
+    units = "ms"
+
     def predict(self, archs):
         return np.array([synthetic_ms(a) for a in archs])
 
@@ -112,13 +114,14 @@ def test_parse_target_ms_and_speedups():
     p = _FlopsLike()
     assert parse_target("12ms", p, space) == 12.0
     assert parse_target(" 12.5 ms ", p, space) == 12.5
+    assert parse_target("12", p, space) == 12.0  # a bare number is in the predictor's units
     assert parse_target("4x", p, space) == pytest.approx(synthetic_ms(space.largest()) / 4)
     assert parse_target("2X", p, "mlm", reference="L4_H512_A8_Q512_F2048") == pytest.approx(
         synthetic_ms(Arch(4, 512, 8, 512, 2048)) / 2)
     with pytest.warns(UserWarning, match="outside space 'mlm'"):
         ms = parse_target("4x", p, space, reference="bert-base")
     assert ms == pytest.approx(synthetic_ms(Arch(12, 768, 12, 768, 3072)) / 4)
-    for bad in ["12", "fast", "4xx", "-3ms", "0x", "ms", ""]:
+    for bad in ["fast", "4xx", "-3ms", "0x", "ms", ""]:
         with pytest.raises(ValueError, match="latency target"):
             parse_target(bad, p, space)
     with pytest.raises(ValueError, match="unknown reference arch 'gpt-2'"):
@@ -128,7 +131,7 @@ def test_parse_target_ms_and_speedups():
 # ---- measurement ------------------------------------------------------------------------------------
 def test_largest_arch_measures_slower_than_smallest_and_threads_are_restored(probe_cache):
     space = SearchSpace.load("demo")
-    settings = MeasureSettings(seq=32, warmup=2, repeats=5, min_time_s=0.0)
+    settings = MeasureSettings(seq=32, warmup=2, repeats=5, min_time_s=0.0, clock="auto", probe=True)
     torch.set_num_threads(2)
     try:
         big = measure_latency(space.largest(), settings=settings)
@@ -145,9 +148,21 @@ def test_largest_arch_measures_slower_than_smallest_and_threads_are_restored(pro
     assert min(remembered.values()) == pytest.approx(min(big.probe_ms, small.probe_ms), rel=1e-3)
 
 
+def test_measure_defaults_to_the_wall_clock_without_probe_or_cache(tmp_path, probe_cache):
+    """What a user's table holds must not depend on what ran on the machine before: no probe, no cache."""
+    out = tmp_path / "t.jsonl"
+    proc = subprocess.run([PYTHON, "tools/latency.py", "measure", "--space", "tiny", "--archs", "L1_H16_A1_Q8_F16",
+                           "--seq", "8", "--warmup", "1", "--repeats", "3", "--min_time_s", "0", "--progress", "false",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = read_table(out)
+    assert row["settings"]["clock"] == "wall" and row["settings"]["probe"] is False
+    assert row["probe_ms"] is None and row["median_ms"] == pytest.approx(row["wall_median_ms"], rel=0.1)
+    assert not probe_cache.exists()
+
+
 def test_wall_clock_without_probe_and_setting_errors():
-    m = measure_latency(Arch(1, 16, 1, 8, 16), settings=MeasureSettings(seq=8, warmup=1, repeats=3,
-                                                                          min_time_s=0.0, clock="wall", probe=False))
+    m = measure_latency(Arch(1, 16, 1, 8, 16), settings=MeasureSettings(seq=8, warmup=1, repeats=3, min_time_s=0.0))
     assert m.repeats == 3 and m.probe_ms is None
     with pytest.raises(ValueError, match="clock='cpu'"):
         MeasureSettings(threads=2, clock="cpu")

@@ -48,6 +48,16 @@ def summary(out):
 SLOW = pytest.mark.slow
 
 
+def test_report_to_takes_a_list_of_trackers(corpus_and_tokenizer, tmp_path):
+    """The README's `--report_to tensorboard,wandb`: fire hands over a tuple, both trackers write."""
+    out = tmp_path / "run"
+    run_tool("pretrain", base_args(corpus_and_tokenizer, out, report_to="tensorboard,wandb", steps=2, save_every=2),
+             env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(out.rglob("offline-run-*")), "W&B did not write an offline run"
+    assert json.loads((out / "config.json").read_text())["config"]["report_to"] == ["tensorboard", "wandb"]
+
+
 @pytest.mark.parametrize("stage,sampling", [
     (1, "uniform"), (2, "sandwich"), (3, "uniform"), (3, "sandwich"),
     pytest.param(1, "sandwich", marks=SLOW), pytest.param(2, "uniform", marks=SLOW)])

@@ -248,7 +248,7 @@ def masked_batches(n=3, vocab=100, seed=0):
 
 
 def test_dev_loss_is_the_token_weighted_mlm_loss_and_independent_of_order(tiny_supernet):
-    from atb.evaluate import DevLossFitness
+    from atb.search.fitness import DevLossFitness
 
     tiny_supernet.config.hidden_dropout_prob = 0.5  # eval mode must switch dropout off
     batches = masked_batches()
@@ -274,7 +274,7 @@ def test_kd_fitness_runs_the_teacher_once_and_scores_attention_against_it():
     from conftest import make_supernet
     from transformers import BertConfig, BertModel
 
-    from atb.evaluate import DevLossFitness
+    from atb.search.fitness import DevLossFitness
     from atb.train.objectives import Teacher, attention_score_mse
 
     torch.manual_seed(0)
@@ -319,7 +319,7 @@ def test_kd_fitness_runs_the_teacher_once_and_scores_attention_against_it():
 def test_quick_finetune_child_runs_outside_the_search_process_group(tmp_path, monkeypatch):
     from conftest import make_supernet
 
-    from atb.evaluate import QuickFinetuneFitness
+    from atb.search.finetune_fitness import QuickFinetuneFitness
 
     for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1234"), ("TORCHELASTIC_RUN_ID", "x")):
         monkeypatch.setenv(name, value)
@@ -357,7 +357,7 @@ def write_tiny_task(root):
 def test_quick_finetune_uses_atb_finetune_learns_a_separable_task_and_is_reproducible(tmp_path, monkeypatch):
     from conftest import make_supernet
 
-    from atb.evaluate import QuickFinetuneFitness
+    from atb.search.finetune_fitness import QuickFinetuneFitness
     from atb.model.supernet_io import save_supernet
 
     task, tokenizer, vocab = write_tiny_task(tmp_path)

@@ -4,6 +4,7 @@ tiny SuperPLM folder and a fixed dev set; the same seed must give the same searc
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from conftest import make_supernet
@@ -16,7 +17,7 @@ from atb.space import Arch, SearchSpace
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from atb.evaluate import save_dev_batches
+    from atb.search.dev_data import save_dev_batches
     from atb.model.supernet_io import save_supernet
 
     root = tmp_path_factory.mktemp("search_ckpt")
@@ -82,6 +83,26 @@ def test_stopped_two_rank_search_resumed_on_one_rank_matches_and_counts(checkpoi
     assert evaluations["computed"] == evaluations["unique_archs"] == computed
 
 
+def test_bare_number_targets_are_milliseconds_of_a_measured_predictor(checkpoint, tmp_path):
+    """`--targets 12,20` (fire hands over a tuple of ints) means 12 ms and 20 ms."""
+    import numpy as np
+
+    from atb.latency.features import arch_flops
+    from atb.latency.predictor import FitOptions, LatencyPredictor
+
+    tiny = SearchSpace.load("tiny")
+    rng = random.Random(0)
+    archs = sorted({tiny.sample(rng) for _ in range(80)})
+    ms = np.array([5 + 25 * arch_flops(a, seq=16) / arch_flops(tiny.largest(), seq=16) for a in archs])
+    LatencyPredictor.fit(archs, ms, tiny.to_spec(), {"device": "cpu", "batch": 1, "seq": 16},
+                         options=FitOptions(ensemble=1, ridge=1e-3)).save(tmp_path / "predictor")
+    run_tool("search", search_args(checkpoint, tmp_path / "out", targets="12,20", predictor=tmp_path / "predictor",
+                                   generations=1))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(t["target"], t["target_ms"]) for t in results["targets"]] == [("12", 12.0), ("20", 20.0)]
+    assert results["latency_units"] == "ms"
+
+
 def test_bad_inputs_fail_with_one_clear_line(checkpoint, tmp_path):
     proc = run_tool("search", search_args(checkpoint, tmp_path / "a", targets="1000x"), check=False)
     assert proc.returncode == 2 and "misses the space" in proc.stderr and "Traceback" not in proc.stderr
@@ -102,7 +123,7 @@ def test_search_from_a_deepspeed_checkpoint_scores_the_held_out_dev_blocks(tmp_p
         load_tokenizer,
         train_wordpiece,
     )
-    from atb.evaluate import DevLossFitness
+    from atb.search.fitness import DevLossFitness
     from atb.model.supernet_io import load_supernet
 
     corpus = tmp_path / "corpus.txt"

@@ -10,7 +10,7 @@ from atb.tracking import Tracker, parse_report_to
 def test_tensorboard_and_offline_wandb_write_local_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    tracker = Tracker(tmp_path / "run", "tensorboard,wandb", {"lr": 0.1}, project="atb-test")
+    tracker = Tracker(tmp_path / "run", ["tensorboard", "wandb"], {"lr": 0.1}, project="atb-test")
     for step in range(1, 4):
         tracker.log({"train/loss": 1.0 / step}, step)
     tracker.close()
@@ -19,13 +19,13 @@ def test_tensorboard_and_offline_wandb_write_local_files(tmp_path, monkeypatch):
 
 
 def test_non_main_ranks_write_nothing(tmp_path):
-    tracker = Tracker(tmp_path / "run", "tensorboard", {}, enabled=False)
+    tracker = Tracker(tmp_path / "run", ["tensorboard"], {}, enabled=False)
     tracker.log({"x": 1.0}, 1)
     tracker.close()
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_reporter_is_rejected():
-    assert parse_report_to("none") == []
+    assert parse_report_to(["none"]) == []
     with pytest.raises(ValueError, match="unknown --report_to value"):
-        parse_report_to("tensorboard,mlflow")
+        parse_report_to(["tensorboard", "mlflow"])

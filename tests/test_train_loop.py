@@ -63,7 +63,7 @@ def _run(tmp_path, diverge_at: int | None, saved: list[int]):
     spec = LoopSpec(steps=6, start_step=0, stop_at_step=0, grad_accum=1, save_every=2, log_every=1, eval_every=0,
                     seed=0)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    tracker = Tracker(tmp_path, "none", {}, enabled=False)
+    tracker = Tracker(tmp_path, ["none"], {}, enabled=False)
     result = run_loop(engine, env, batches, _SquareJob(model, diverge_at), spec, tracker, saved.append,
                       tmp_path / "metrics.jsonl")
     return result

@@ -14,7 +14,7 @@ continues where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atb.cli import run_cli
 
@@ -23,13 +23,13 @@ from atb.cli import run_cli
 class DemoConfig:
     """Run the whole atb pipeline on the built-in demo corpus and tasks."""
 
-    out_dir: str = "runs/demo"
+    out_dir: str = "runs/demo"  # every stage's output and report.md; re-run to continue
     size: str = "demo"  # demo (~13-16 min on 2 CPU cores) | micro (smoke test, ~2 min)
-    targets: str = ""  # speed-ups over the space's largest arch (default: 2x,4x,8x; micro: 1.5x,2x,3x)
-    tasks: str = "movie_sentiment,sms_spam"  # built-in task names or task folders, comma-separated
+    targets: list[str] = field(default_factory=list)  # speed-ups over the largest arch (default 2x,4x,8x; micro 1.5x,2x,3x)
+    tasks: list[str] = field(default_factory=lambda: ["movie_sentiment", "sms_spam"])  # built-in tasks or task folders
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)
     source: str = "minilm"  # the BERT-family folder to compress (minilm: all-MiniLM-L6-v2 from the demo extra)
-    ranks: int = 2
+    ranks: int = 2  # processes of the pre-training, search and development runs
 
 
 def run(cfg: DemoConfig) -> None:

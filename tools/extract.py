@@ -22,7 +22,7 @@ class ExtractConfig:
     arch: str = ""  # name like L4_H256_A4_Q256_F1024, or a JSON object
     out: str = ""  # output folder (must not exist unless --overwrite)
     tokenizer: str | None = None  # tokenizer folder to copy into the export
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing --out folder
 
 
 def run(cfg: ExtractConfig) -> None:

@@ -11,7 +11,7 @@ important units first).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atb.cli import run_cli
 
@@ -22,7 +22,7 @@ class ImportanceConfig:
 
     source: str = ""  # BERT-family transformers folder (bert, or an atb export)
     out_dir: str = "runs/importance"  # gets importance.json and source_ordered/
-    corpus: str = "demo"  # calibration text: text file(s)/folder, a saved datasets folder, or "demo"
+    corpus: list[str] = field(default_factory=lambda: ["demo"])  # calibration text: files/folders, a saved datasets folder, or demo
     tokenizer: str = "auto"  # auto: the source folder's own tokenizer
     seq_len: int = 128
     calib_samples: int = 256  # calibration sequences, split over the ranks

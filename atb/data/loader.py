@@ -118,8 +118,8 @@ def make_batches(blocks: Dataset, tokenizer: PreTrainedTokenizerBase, micro_batc
     """This rank's micro-batches from optimizer step `start_step` on, `grad_accum` per step, endless
     (epochs roll over). Each batch: input_ids, attention_mask, token_type_ids, labels (-100 = not masked).
 
-    Masking costs ~0.1-0.5 ms per sample on one CPU core; `num_workers` > 0 builds batches ahead in that
-    many DataLoader worker processes (same batches, same order) so a GPU step does not wait for them.
+    Masking runs on the CPU; `num_workers` > 0 builds batches ahead in that many DataLoader worker
+    processes (same batches, same order) so a GPU step does not wait for them.
     """
     if micro_batch < 1 or grad_accum < 1 or world_size < 1:
         raise ValueError(f"micro_batch, grad_accum and world_size must be >= 1 "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atb.fsutil import read_json, write_json_atomic
+from atb.fsutil import write_json_atomic
 from atb.space import Arch, SearchSpace
 
 
@@ -31,7 +31,7 @@ def bert_ratio_archs(space: SearchSpace) -> list[Arch]:
 def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str | Path, out: Path) -> list[dict]:
     """Search picks plus, per target, the BERT-ratio arch of the nearest predicted latency."""
     from atb.latency import LatencyPredictor
-    from atb.train.develop import entries_from_results
+    from atb.search.outputs import read_results
 
     predictor = LatencyPredictor.load(predictor_dir)
     space = SearchSpace.load(space_name)
@@ -41,7 +41,7 @@ def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str | P
     family_ms = predictor.predict(family)
     entries = []
     seen = set()
-    for entry in entries_from_results(read_json(results, "search results")):
+    for entry in read_results(results):
         entries.append(entry)
         seen.add(entry["arch"])
     pairs = {}  # target -> {searched, baseline}: the search may pick the BERT-ratio arch itself

@@ -1,8 +1,8 @@
 """Fine-tune several exported models in one process: the demo's last stage.
 
 `tools/finetune.py` is one model, one task, one process; the demo fine-tunes six models on two tasks, and
-a fresh process spends ~8 s of a ~25 s run importing torch and transformers (measured on 2 CPU cores). One
-process for all runs saves that eleven times over. Each run is still a plain `atb.finetune.finetune`
+a fresh process spends a good part of such a short run importing torch and transformers. One process for
+all runs saves that eleven times over. Each run is still a plain `atb.finetune.finetune`
 call with its own config, seed and output folder, exactly what `tools/finetune.py` would do with the
 same flags.
 

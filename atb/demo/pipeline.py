@@ -84,7 +84,7 @@ def _env() -> dict[str, str]:
 
 
 def precision_config(stage: int = 2) -> str:
-    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls without AVX-512 BF16/AMX are ~50x slower (measured)."""
+    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls without AVX-512 BF16/AMX are far slower."""
     import torch
 
     return f"zero{stage}_bf16" if torch.cuda.is_available() else f"zero{stage}_fp32"
@@ -152,7 +152,7 @@ class Stages:
     def search(self) -> None:
         s = self.sizes
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
-             self.out / "latency" / "predictor", "--targets", self.cfg.targets or s.targets, "--out_dir", self.out / "search",
+             self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
              "--dev_batches", s.dev_batches, "--fitness", "kd", "--teacher", self.out / "pretrain" / "source_ordered",
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
@@ -198,13 +198,10 @@ def finetuned_models(out: Path, source: str) -> dict[str, str]:
     return {**{row["arch_name"]: row["path"] for row in rows}, SOURCE_NAME: source_path(source), BOW_MODEL: BOW_MODEL}
 
 
-def task_names(tasks: str | tuple | list) -> list[str]:
-    """fire turns `--tasks a,b` into a tuple and `--tasks a` into a string: accept both."""
-    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    names = [str(t).strip() for t in items if str(t).strip()]
-    if not names:
+def task_names(tasks: list[str]) -> list[str]:
+    if not tasks:
         raise ValueError("--tasks needs at least one task (e.g. movie_sentiment,sms_spam)")
-    return names
+    return tasks
 
 
 class _AllExist:

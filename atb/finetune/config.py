@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # files.py, like this module, imports only the standard library, so the CLI's input checks stay instant.
@@ -24,26 +24,26 @@ class FinetuneConfig:
     columns: list[str] | None = None  # names of a headerless TSV/CSV's columns, in file order
     has_header: bool | None = None  # TSV/CSV first row is a header; None = detect from the column names
     train_file: str | None = None  # override the file found in --task (any of tsv/csv/jsonl/json[.gz])
-    dev_file: str | None = None
+    dev_file: str | None = None  # override the dev file found in --task
     test_file: str | None = None  # evaluated too when it has labels
     tokenizer: str | None = None  # tokenizer folder when the export has none
-    max_seq_len: int = 128
+    max_seq_len: int = 128  # tokens per example (longer ones are truncated; QA: window length)
     doc_stride: int = 32  # QA: tokens shared by consecutive windows over a long context
     max_answer_len: int = 30  # QA: longest answer span in tokens
-    epochs: float = 3.0
-    lr: float = 5e-5
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 42
+    epochs: float = 3.0  # passes over the training split
+    lr: float = 5e-5  # peak learning rate (linear warmup and decay)
+    batch_size: int = 32  # training batch per device
+    eval_batch_size: int = 64  # evaluation batch per device
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
+    seed: int = 42  # initialisation of the task head, data order and dropout
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
     bf16: bool = False  # without DeepSpeed; with it the DeepSpeed config decides
-    report_to: str = "none"  # Trainer integrations, e.g. tensorboard or wandb
-    logging_steps: int = 50
-    overwrite: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb
+    logging_steps: int = 50  # Trainer logs every N steps
+    overwrite: bool = False  # replace an existing --out_dir
 
     def validate(self) -> None:
         for name in ("model", "out_dir"):
@@ -66,10 +66,6 @@ class FinetuneConfig:
             raise ValueError(f"--doc_stride must be >= 0, got {self.doc_stride}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("text_columns", "columns"):  # fire may hand over a tuple for "a,b"
-            value = getattr(self, name)
-            if isinstance(value, (tuple, str)):
-                setattr(self, name, [value] if isinstance(value, str) else list(value))
         if self.text_columns is not None and not self.text_columns:
             raise ValueError("--text_columns is empty; give one or two column names")
         if self.text_columns is not None and len(self.text_columns) > 2:

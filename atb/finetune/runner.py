@@ -35,8 +35,7 @@ from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
-
-ARCH_JSON = "atb_arch.json"
+from atb.model.extract import ARCH_JSON, count_params
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -62,7 +61,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     tokenizer = _load_tokenizer(cfg, model_dir)
     set_seed(cfg.seed)  # the new head's initial weights
     model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
 
     train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
     # a random subset, not the first rows (task files are often ordered by label), and the same rows for
@@ -80,7 +79,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
-        logging_steps=cfg.logging_steps, report_to=_report_to(cfg.report_to), disable_tqdm=True,
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_features,
@@ -200,11 +199,6 @@ def _finish_model_folder(folder: Path, source: Path) -> None:
     (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
     if (source / ARCH_JSON).is_file():
         shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
-
-
-def _report_to(value: str) -> str | list[str]:
-    names = [v.strip() for v in str(value).split(",") if v.strip()]
-    return "none" if not names or names == ["none"] else names
 
 
 def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,22 +1,17 @@
-"""Measuring on a machine that others are using.
+"""Measuring on a machine that others are using (opt-in: `--probe true`; bench/RESULTS.md has the figures).
 
 On a shared machine the dominant error of a latency table is not jitter between forwards but seconds to
-minutes during which someone else's job runs. On this 2-core box a table taken while other tests ran came
-out ~1.6x slower than the same archs re-measured idle, and under a load average of 6 even the thread's
-CPU time ran 1.2-1.5x slow (caches and memory bandwidth are shared too). Repeats and medians cannot remove
-a slowdown that lasts longer than the measurement, so each forward is expressed relative to a fixed
-reference:
+minutes during which someone else's job runs, and it slows even the thread's CPU time (caches and memory
+bandwidth are shared too). Repeats and medians cannot remove a slowdown that lasts longer than the
+measurement, so each forward can be expressed relative to a fixed reference:
 
 - `ReferenceProbe`, a small fixed encoder, runs between every two forwards of the measured model. A
   forward's latency is taken as (its time / the mean of the probe times on both sides) x the probe's
   quiet time, so a slowdown that hits both cancels. The quiet time is the lowest rolling median the
-  probe has shown on this machine: a run that never sees a quiet moment would otherwise be scaled by a
-  busy one (two 80-arch mlm tables taken under load 4-5 agreed to 3.3 % MAPE on a common scale, but to
-  21 % each on its own), so it is kept in a small cache file (`ATB_PROBE_CACHE`, default
+  probe has shown on this machine, because a run that never sees a quiet moment would otherwise be
+  scaled by a busy one; it is kept in a small cache file (`ATB_PROBE_CACHE`, default
   ~/.cache/atb/latency_probe.json) keyed by CPU, torch version, threads and clock, and
   `table.latencies` rescales the rows of a table to the lowest value any of them used.
-  Under a load average of 4-5, raw CPU-time medians were 24 % above an idle table, probe-normalised ones
-  4.7 % (MAPE over 16 archs).
 - `other_load`: /proc/stat busy time (including steal) minus this process's, in cores; recorded with
   each measurement so a table shows what the machine was doing.
 """
@@ -79,7 +74,7 @@ def other_load(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float |
 
 
 class ReferenceProbe:
-    """A ~1 ms encoder whose timing says how fast the CPU runs right now, relative to when it is quiet."""
+    """A small encoder whose timing says how fast the CPU runs right now, relative to when it is quiet."""
 
     ARCH = Arch(1, 128, 2, 64, 512)
     WINDOW = 15

@@ -26,21 +26,21 @@ class MeasureConfig:
     space: str = "demo"  # preset name or spec file
     out: str = ""  # JSONL table; existing rows are kept and not re-measured
     n: int = 80  # archs to sample (stratified; largest and smallest always included)
-    seed: int = 0
+    seed: int = 0  # of the arch sample
     archs: list[str] | None = None  # measure these (names like L4_H256_A4_Q256_F1024) instead of sampling
     device: str = "cpu"  # cpu or cuda
     threads: int = 1  # CPU threads (the paper: 1)
-    batch: int = 1
-    seq: int = 128
-    dtype: str = "float32"
-    clock: str = "auto"  # auto (thread CPU time with 1 thread), cpu, wall
-    probe: bool = True  # normalise CPU timings by a reference probe (robust to other jobs on the machine)
-    warmup: int = 5
-    repeats: int = 20
-    min_time_s: float = 0.2
-    max_repeats: int = 500
-    vocab_size: int = 30522
-    progress: bool = True
+    batch: int = 1  # sequences per forward
+    seq: int = 128  # tokens per sequence
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    clock: str = "wall"  # wall | cpu (thread CPU time, 1 thread only) | auto (cpu with 1 thread, else wall)
+    probe: bool = False  # shared machines: normalise by a reference probe (its quiet time cached in ~/.cache/atb)
+    warmup: int = 5  # untimed forwards before timing
+    repeats: int = 20  # minimum timed forwards per arch
+    min_time_s: float = 0.2  # fast archs repeat until this much time has been timed ...
+    max_repeats: int = 500  # ... but never more than this many forwards
+    vocab_size: int = 30522  # vocabulary of the timed models (counts in params, not in latency)
+    progress: bool = True  # show a progress bar
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(device=self.device, threads=self.threads, batch=self.batch, seq=self.seq,
@@ -74,7 +74,7 @@ def run_measure(cfg: MeasureConfig) -> list[dict[str, Any]]:
         row = make_row(arch, space, settings, m, cfg.vocab_size)
         append_row(out, row)
         rows.append(row)
-        if hasattr(bar, "set_postfix_str"):
+        if cfg.progress:
             bar.set_postfix_str(f"{arch.name} {m.median_ms:.2f} ms")
     return rows
 
@@ -93,15 +93,15 @@ class FitConfig:
 
     table: str = ""  # JSONL from `measure`
     out: str = ""  # predictor folder to write (predictor.safetensors + predictor.json + fit.png)
-    test_fraction: float = 0.25
+    test_fraction: float = 0.25  # rows held out to score the predictor
     seed: int = 0  # of the train/test split and the predictor's initialisation
     statistic: str = "median_ms"  # median_ms, p10_ms, min_ms or mean_ms of each row
     terms: int = 4  # power-law units per layer (see atb/latency/predictor.py)
     ridge: float | None = None  # None: chosen by cross-validation on the training rows
-    ensemble: int = 3
+    ensemble: int = 3  # predictors averaged, each from another initialisation
     refit_all: bool = False  # save a predictor refitted on every row (metrics stay those of the split)
-    plot: bool = True
-    overwrite: bool = False
+    plot: bool = True  # write fit.png (measured vs predicted)
+    overwrite: bool = False  # replace an existing --out folder
 
 
 def run_fit(cfg: FitConfig) -> dict[str, Any]:

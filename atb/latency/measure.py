@@ -6,12 +6,12 @@ every number. Only the encoder (`model.bert`) is timed: the MLM head is not part
 classifier/QA model. Weights are freshly initialised; their values do not change the work done.
 
 Each measurement warms up, disables the garbage collector while timing, repeats at least `repeats` times
-(more for fast models, until `min_time_s` of timed work) and reports the median with p10/p90. On a CPU
-shared with other jobs two more defences keep the numbers those of a quiet machine:
-- with one thread (the paper's setting) the clock is the thread's CPU time: on a dedicated core it equals
-  the wall time of a forward that never blocks, and on a shared one it leaves out the time the scheduler
-  gave the core to someone else (clock="wall" restores wall time; rows keep both medians);
-- every forward is normalised by a small reference probe timed right before and after it
+(more for fast models, until `min_time_s` of timed work) and reports the median with p10/p90 of the wall
+clock, the latency a user of the model sees. For tables taken on a CPU shared with other jobs two opt-in
+defences keep the numbers those of a quiet machine:
+- clock="cpu" (one thread only) times the thread's CPU time, which leaves out the time the scheduler gave
+  the core to someone else (rows keep the wall-clock median too);
+- probe=True normalises every forward by a small reference probe timed right before and after it
   (`contention.py`), which cancels slowdowns from cache and memory contention or a busy host.
 """
 
@@ -31,7 +31,7 @@ from atb.model.elastic import SuperBertConfig
 from atb.model.extract import new_masked_lm
 from atb.space import Arch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names, as latency tables record them
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class MeasureSettings:
     batch: int = 1
     seq: int = 128
     dtype: str = "float32"
-    clock: str = "auto"  # "cpu" (thread CPU time, 1 thread only), "wall", or "auto": cpu when it applies
-    probe: bool = True  # CPU: normalise each forward by a reference probe (contention.py)
+    clock: str = "wall"  # "wall", "cpu" (thread CPU time, 1 thread only), or "auto": cpu when it applies
+    probe: bool = False  # CPU: normalise each forward by a reference probe (contention.py), for shared machines
     warmup: int = 5
     repeats: int = 20  # minimum number of timed forwards
     min_time_s: float = 0.2  # fast models repeat until this much time has been timed ...
@@ -100,11 +100,6 @@ class Measurement:
     wall_median_ms: float | None = None  # wall-clock median of the same forwards
     probe_ms: float | None = None  # the probe's quiet time the normalisation used
     slowdown: float | None = None  # median probe time while measuring / its quiet time
-
-    @property
-    def relative_spread(self) -> float:
-        """(p90 - p10) / median: how much single forwards disagree; the table's noise floor uses it."""
-        return (self.p90_ms - self.p10_ms) / self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -168,7 +163,7 @@ def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
     torch.manual_seed(seed)
     encoder = new_masked_lm(arch, model_config).bert.eval()
     device = torch.device(settings.device)
-    encoder.to(device=device, dtype=DTYPES[settings.dtype])
+    encoder.to(device=device, dtype=getattr(torch, settings.dtype))
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, model_config.vocab_size, (settings.batch, settings.seq), generator=g)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),

@@ -7,11 +7,10 @@ The model has the shape of the thing it predicts. A forward is a fixed part (emb
     ms = exp(fixed · x_fixed + c)  +  layers · Σ_k exp(w_k · x_layer + b_k)
 
 over z-scored log features (`features.py`). It is a one-hidden-layer network with exponential units,
-trained on log(ms), so its loss is relative error, what matters from a 1 ms to a 300 ms arch. The first
-unit starts at the least-squares power law of ms per layer, the others small. Compared by 5-fold
-cross-validation on four measured tables (demo and mlm spaces, 80 archs each) it beat a plain tanh MLP
-(with a linear skip) over the same features plus `layers` (2.4-3.8 % vs 3.9-6.3 % MAPE): knowing that
-layers multiply is worth more than flexibility with 60 training points. The same structure extrapolates in
+trained on log(ms), so its loss is relative error, what matters from the smallest to the largest arch.
+The first unit starts at the least-squares power law of ms per layer, the others small. It beat a plain
+tanh MLP over the same features in cross-validation (bench/RESULTS.md): knowing that layers multiply is
+worth more than flexibility with a few dozen training points. The same structure extrapolates in
 `layers` exactly, which is what a BERT-base reference outside the space needs. A few seeds are averaged.
 Saved as safetensors (weights, normalisation) + JSON (everything else).
 """
@@ -24,7 +23,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,16 +74,15 @@ def _least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[n
 
 def _train_net(x_layer: torch.Tensor, x_fixed: torch.Tensor, log_layers: torch.Tensor, log_ms: torch.Tensor,
                opts: FitOptions, seed: int) -> _LayeredLatencyNet:
-    """Penalised least squares in log space, solved to convergence. Cross-validated on the measured tables,
-    the ridge does better than stopping an unpenalised fit early (2.4-3.8 % vs 2.7-3.8 % MAPE) and, unlike
-    early stopping, does not leave a noise-free function underfitted (0.6 % vs 1.1 % on a synthetic one)."""
+    """Penalised least squares in log space, solved to convergence: a ridge generalises at least as well as
+    stopping an unpenalised fit early and, unlike early stopping, does not underfit a noise-free function."""
     torch.manual_seed(seed)
     net = _LayeredLatencyNet(x_layer.shape[1], x_fixed.shape[1], opts.terms).double()
     w, b = _least_squares(x_layer.numpy(), (log_ms - log_layers).numpy())
     with torch.no_grad():
         net.terms.weight.normal_(0.0, 0.3)
         net.terms.weight[0] = torch.from_numpy(w)
-        net.terms.bias.fill_(b - 3.0)  # the extra units start at ~5 % of the first
+        net.terms.bias.fill_(b - 3.0)  # the extra units start at exp(-3) of the first: small, not dead
         net.terms.bias[0] = b
         net.fixed.weight.zero_()
         net.fixed.bias.fill_(float(log_ms.min()) + math.log(0.25))
@@ -116,8 +114,7 @@ RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the loss is a squared log error (~MAPE²
 
 
 def _choose_ridge(tensors: tuple[torch.Tensor, ...], opts: FitOptions) -> float:
-    """The ridge of RIDGE_GRID with the lowest k-fold cross-validated error on the training rows. 80-arch
-    tables land near 1e-3; a 16-arch table needs 100x more, or 40 parameters chase the noise."""
+    """The ridge of RIDGE_GRID with the lowest k-fold cross-validated error (small tables need more of it)."""
     n = len(tensors[-1])
     folds = max(2, min(opts.ridge_folds, n // 2))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
@@ -152,6 +149,7 @@ def _zscore_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class LatencyPredictor:
     """Predicts ms for archs; knows the space and the measurement settings it is valid for."""
 
+    units: ClassVar[str] = "ms"
     space: dict[str, Any]
     settings: dict[str, Any]  # device, threads, batch, seq, dtype, clock (MeasureSettings.identity())
     device_info: dict[str, Any]
@@ -279,8 +277,7 @@ class LatencyPredictor:
         return cls(space=meta["space"], settings=meta["settings"], device_info=meta["device_info"],
                    layer_features=meta["layer_features"], fixed_features=meta["fixed_features"],
                    normalisation=normalisation, terms=meta["terms"], ridge=meta["ridge"], nets=nets,
-                   statistic=meta["statistic"],
-                   metrics=meta.get("metrics", {}))
+                   statistic=meta["statistic"], metrics=meta.get("metrics", {}))
 
 
 class LinearBaseline:

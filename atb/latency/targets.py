@@ -1,4 +1,5 @@
-"""Latency targets as users write them: absolute ("12ms", "12.5 ms") or a speed-up ("4x") over a reference.
+"""Latency targets as users write them: absolute ("12ms", "12.5 ms", or a bare 12 in the predictor's units)
+or a speed-up ("4x") over a reference.
 
 The reference of a speed-up is the space's largest arch unless named: "bert-base" and friends are the
 usual yardsticks of the distillation literature, even though they lie outside most spaces (BERT-base has
@@ -25,10 +26,12 @@ REFERENCE_ARCHS = {
 }
 LARGEST = "largest"
 
-_TARGET = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(ms|x)\s*$", re.IGNORECASE)
+_TARGET = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(ms|x)?\s*$", re.IGNORECASE)
 
 
 class Predictor(Protocol):
+    units: str  # "ms", or what a proxy without milliseconds predicts (e.g. "GFLOP")
+
     def predict(self, archs: list[Arch]) -> np.ndarray: ...
 
 
@@ -61,17 +64,20 @@ def reference_latency(predictor: Predictor, space: SearchSpace, reference: str |
 
 
 def parse_target(text: str, predictor: Predictor, space: SearchSpace | str, reference: str | None = None) -> float:
-    """A latency target in milliseconds: '12ms' as is, '4x' = reference latency / 4."""
+    """A latency target in the predictor's units: '12ms' or '12' as is, '4x' = reference latency / 4."""
     if isinstance(space, str):
         space = SearchSpace.load(space)
     match = _TARGET.match(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"cannot parse latency target {text!r}: write milliseconds ('12ms', '12.5 ms') "
+        raise ValueError(f"cannot parse latency target {text!r}: write milliseconds ('12ms', '12.5 ms', '12') "
                          f"or a speed-up over the reference arch ('4x')")
-    value, unit = float(match.group(1)), match.group(2).lower()
+    value, unit = float(match.group(1)), (match.group(2) or "").lower()
     if value <= 0:
         raise ValueError(f"latency target {text!r} must be positive")
-    if unit == "ms":
-        return value
-    _, ref_ms = reference_latency(predictor, space, reference)
-    return ref_ms / value
+    if unit == "x":
+        _, ref_ms = reference_latency(predictor, space, reference)
+        return ref_ms / value
+    if unit == "ms" and predictor.units != "ms":
+        raise ValueError(f"latency target {text!r}: the {predictor.units} predictor has no milliseconds; give a "
+                         f"speed-up like '4x' or a plain number in {predictor.units}")
+    return value

@@ -3,7 +3,8 @@
 An arch with qkv == hidden is exactly a stock BERT, so it is written as a vanilla `bert` folder that any
 transformers install loads. Other archs are written as TinyBert with `auto_map` and the modeling file
 copied in, so `trust_remote_code=True` loads them without atb. Either way the folder appears in one
-rename, complete, with `atb_arch.json` recording where it came from.
+rename, complete, with `atb_arch.json` recording where it came from. `write_export` is the one writer of
+such a folder (`tools/extract.py` and the students of `tools/develop.py` both go through it).
 """
 
 from __future__ import annotations
@@ -68,21 +69,24 @@ def extract(super_model: SuperBert, arch: Arch, out_dir: str | Path, tokenizer: 
         raise ValueError(f"tokenizer {tokenizer} has {len(tok)} tokens but the SuperPLM vocab is "
                          f"{super_model.config.vocab_size}: they do not belong together")
     model = build_masked_lm(super_model, arch)
+    return write_export(model, arch, out_dir, tok, {"space": super_model.space.to_spec(), **(provenance or {})},
+                        overwrite)
+
+
+def write_export(model: PreTrainedModel, arch: Arch, out_dir: str | Path, tokenizer: Any, record: dict[str, Any],
+                 overwrite: bool = False) -> Path:
+    """Weights (safetensors), the modeling file unless it is a vanilla BERT, the tokenizer (when given) and
+    atb_arch.json (arch, format, parameter count and `record`), appearing in one rename."""
+    out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if not arch.is_vanilla_bert:
             shutil.copyfile(tiny.__file__, tmp / MODELING_FILE)
-        if tok is not None:
-            tok.save_pretrained(str(tmp))
-        record = {
-            "arch": arch.to_dict(),
-            "arch_name": arch.name,
-            "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
-            "space": super_model.space.to_spec(),
-            "params": sum(p.numel() for p in model.parameters()),
-            **(provenance or {}),
-        }
-        write_json_atomic(tmp / ARCH_JSON, record)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(tmp / ARCH_JSON, {"arch": arch.to_dict(), "arch_name": arch.name,
+                                            "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
+                                            "params": count_params(model), **record})
     return out_dir
 
 

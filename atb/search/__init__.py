@@ -7,6 +7,8 @@
     state.py      state.json (committed per generation) and the per-rank evaluation journal
     parallel.py   rank collectives and the cost-balanced split of a generation's evaluations
     loop.py       the generation loop (rank 0 plans and commits, every rank evaluates its share)
+    fitness.py    the dev-loss fitness (MLM or KD) of a sub-network; dev_data.py its held-out batches
+    finetune_fitness.py   the quick fine-tune fitness (a child process per evaluation)
     outputs.py    results.json, candidates.jsonl, pareto.png
     config.py / runner.py   the CLI's config and its wiring to a checkpoint, data and ranks
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atb.search.settings import METHODS, Band, EvolutionSettings, settings_from
 
@@ -15,42 +15,42 @@ class SearchConfig:
 
     checkpoint: str = ""  # SuperPLM folder, or an atb DeepSpeed checkpoint dir of any ZeRO stage
     out_dir: str = "runs/search"  # state, journal, results.json, candidates.jsonl, pareto.png; re-run to resume
-    targets: str = ""  # comma-separated: '4x,8x' (speed-up over the largest arch) or '12ms,20ms'
-    predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy; targets as 'Nx')
-    band_low: float = 0.85  # an arch is a candidate for target T if its predicted latency is in
-    band_high: float = 1.1  # [band_low * T, band_high * T] (the paper's band)
+    targets: list[str] = field(default_factory=list)  # e.g. 4x,8x (speed-ups over the largest arch) or 12ms,20ms
+    predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy: targets as 4x or in GFLOPs)
+    band_low: float = 0.85  # a candidate for target T predicts at least band_low * T (the paper's band)
+    band_high: float = 1.1  # a candidate for target T predicts at most band_high * T
     method: str = "evolution"  # evolution | random | fast (the paper's AutoTinyBERT-Fast rule)
     preset: str = "hat"  # evolution settings: hat | autotinybert | tiny (single flags below override)
-    population: int | None = None
-    parents: int | None = None
-    mutations: int | None = None
-    crossovers: int | None = None
-    mutation_prob: float | None = None
-    explore_rate: float | None = None
-    generations: int | None = None
+    population: int | None = None  # first generation: random in-band archs per target
+    parents: int | None = None  # the best in-band archs of a target that breed its next generation
+    mutations: int | None = None  # children made by mutating one parent, per target and generation
+    crossovers: int | None = None  # children made by crossing two parents, per target and generation
+    mutation_prob: float | None = None  # chance that each field of a mutated child changes
+    explore_rate: float | None = None  # chance that a child slot is a fresh random in-band arch instead
+    generations: int | None = None  # including the first (random) generation
     parent_selection: str | None = None  # uniform | roulette
     mutation_style: str | None = None  # resample | step
     budget: int = 0  # random/fast: candidates per target (0 = what evolution would evaluate)
-    seed: int = 0
+    seed: int = 0  # of the proposals (evolution, random sampling)
     # fitness
     fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
-    corpus: str = "demo"  # the pre-training corpus (its dev split is held out from training)
-    dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.evaluate.save_dev_batches)
+    corpus: list[str] = field(default_factory=lambda: ["demo"])  # the pre-training corpus (its dev split is held out)
+    dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
     tokenizer: str = ""  # default: the checkpoint's tokenizer
     seq_len: int = 0  # 0: the checkpoint's
     dev_fraction: float = 0.01  # must match pre-training so the dev blocks are really held out
     data_seed: int = 0  # pre-training's --seed (it splits train/dev)
-    batch_size: int = 16
+    batch_size: int = 16  # dev batch size of the loss fitness
     dev_batches: int = 0  # cap on dev batches per evaluation (0 = all)
     teacher: str | None = None  # kd: transformers encoder folder
     task: str | None = None  # finetune: task folder (as tools/finetune.py) or a built-in task, e.g. sms_spam
-    finetune_epochs: float = 1.0
+    finetune_epochs: float = 1.0  # finetune: epochs of each quick fine-tune
     finetune_train_samples: int = 2000  # a seeded subset of the task's train split, the same for every arch
-    finetune_eval_samples: int = 500
+    finetune_eval_samples: int = 500  # a fixed subset of the task's dev split, the same for every arch
     # run control
     stop_after_generation: int = 0  # > 0: stop after this many generations (continue by re-running)
-    plot: bool = True
-    progress: bool = True
+    plot: bool = True  # write pareto.png
+    progress: bool = True  # show a progress bar
     local_rank: int = -1  # set by the deepspeed launcher; LOCAL_RANK from the environment wins
 
     def evolution_settings(self) -> EvolutionSettings:
@@ -60,9 +60,6 @@ class SearchConfig:
 
     def band(self) -> Band:
         return Band(self.band_low, self.band_high).validate()
-
-    def target_list(self) -> list[str]:
-        return [t.strip() for t in str(self.targets).split(",") if t.strip()]
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -80,7 +77,7 @@ class SearchConfig:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if not self.target_list():
+        if not self.targets:
             raise ValueError("--targets is required, e.g. --targets 4x,8x")
         self.band()
         self.evolution_settings()

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from atb.fsutil import write_json_atomic, write_text_atomic
+from atb.fsutil import read_json, write_json_atomic, write_text_atomic
 from atb.search.evolution import Proposer, Record
 from atb.search.state import SearchState
 from atb.space import Arch
@@ -92,6 +92,22 @@ def write_outputs(out_dir: Path, state: SearchState, proposer: Proposer, largest
     return results
 
 
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """(target, arch name, predicted latency) per target of a results.json that `write_outputs` wrote."""
+    data = read_json(path, "search results")
+    entries = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a search results.json with a 'targets' list")
+    out = []
+    for entry in entries:
+        best = entry.get("best")
+        if not isinstance(best, dict) or "arch" not in best:
+            raise ValueError(f"{path}: target {entry.get('target')!r} has no best arch (did the search finish?)")
+        out.append({"target": str(entry.get("target")), "arch": Arch.parse(best["arch"]).name,
+                    "predicted_ms": best.get("latency_ms")})
+    return out
+
+
 def plot_pareto(path: Path, state: SearchState, proposer: Proposer, results: dict[str, Any]) -> None:
     try:
         import matplotlib
@@ -116,7 +132,7 @@ def plot_pareto(path: Path, state: SearchState, proposer: Proposer, results: dic
             ax.annotate(t["target"], (t["best"]["latency_ms"], t["best"]["score"]), textcoords="offset points",
                         xytext=(5, 5), fontsize=8)
     ax.scatter([], [], marker="*", s=80, color="tab:red", label="pick per target (band shaded)")
-    ax.set_xlabel(f"predicted latency ({getattr(proposer.oracle.predictor, 'units', 'ms')})")
+    ax.set_xlabel(f"predicted latency ({proposer.oracle.predictor.units})")
     ax.set_ylabel(f"{results.get('fitness', {}).get('name', 'fitness')} "
                   f"({'higher' if proposer.higher_is_better else 'lower'} is better)")
     ax.set_title(f"{results.get('method', 'search')}: {len(records)} archs")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from atb.latency.features import arch_flops
 from atb.space import Arch
 
 MASKED_FRACTION = 0.15  # share of positions the MLM head runs on
@@ -71,9 +72,9 @@ class TorchComm:
 
 def evaluation_cost(arch: Arch, seq_len: int = 128, vocab_size: int = 30522) -> float:
     """Multiply-adds per token of a sub-network's MLM forward: encoder layers plus the head on masked tokens."""
-    layer = 4 * arch.hidden * arch.qkv + 2 * arch.hidden * arch.ffn + 2 * seq_len * arch.qkv
+    encoder = arch_flops(arch, batch=1, seq=seq_len) / (2 * seq_len)
     head = MASKED_FRACTION * (arch.hidden * arch.hidden + arch.hidden * vocab_size)
-    return arch.layers * layer + head
+    return encoder + head
 
 
 def assign(archs: list[Arch], world_size: int, seq_len: int = 128, vocab_size: int = 30522) -> list[int]:

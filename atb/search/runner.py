@@ -77,7 +77,7 @@ def load_weights(checkpoint: str, out_dir: Path, comm: Comm):
                 model, meta = load_supernet(path)
                 save_supernet(model, folder, meta={**meta, "source_checkpoint": source}, overwrite=True)
                 if meta.get("objective") == "kd":
-                    from atb.evaluate import save_kd_projection
+                    from atb.search.fitness import save_kd_projection
 
                     save_kd_projection(path, folder)
         except Exception as err:  # tell the waiting ranks
@@ -104,7 +104,7 @@ def tokenizer_path(cfg: SearchConfig, meta: dict[str, Any]) -> str:
 def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path, device: torch.device, out_dir: Path,
                   rank: int):
     if cfg.fitness == "finetune":
-        from atb.evaluate import QuickFinetuneFitness
+        from atb.search.finetune_fitness import QuickFinetuneFitness
 
         work_dir = out_dir / "finetune_work" / f"rank{rank}"
         return QuickFinetuneFitness(weights, tokenizer_path(cfg, meta), cfg.task, work_dir, space=model.space,
@@ -112,12 +112,8 @@ def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path,
                                     max_eval_samples=cfg.finetune_eval_samples, seed=cfg.seed,
                                     max_seq_len=cfg.seq_len or int(meta.get("seq_len", 128)),
                                     device_index=device.index if device.type == "cuda" else None)
-    from atb.evaluate import (
-        DevLossFitness,
-        load_dev_batches,
-        load_kd_projection,
-        read_dev_batches,
-    )
+    from atb.search.dev_data import load_dev_batches, read_dev_batches
+    from atb.search.fitness import DevLossFitness, load_kd_projection
 
     if cfg.dev_data:
         batches = read_dev_batches(cfg.dev_data, cfg.dev_batches)
@@ -170,14 +166,14 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
     predictor = load_predictor(cfg.predictor, seq_len)
     oracle = LatencyOracle(predictor)
-    targets = resolve_targets(cfg.target_list(), predictor, space, cfg.band(), oracle)
+    targets = resolve_targets(cfg.targets, predictor, space, cfg.band(), oracle)
     fitness = build_fitness(cfg, model, meta, weights, device, out_dir, comm.rank)
     proposer = Proposer(cfg.method, cfg.evolution_settings(), space, targets, oracle, fitness.higher_is_better,
                         budget=cfg.budget)
     info = {"method": cfg.method, "fitness": {"name": fitness.name, "higher_is_better": fitness.higher_is_better},
             "settings": proposer.settings.to_dict(), "band": [cfg.band_low, cfg.band_high], "seed": cfg.seed,
             "space": space.name, "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.get("step"),
-            "predictor": cfg.predictor, "latency_units": getattr(predictor, "units", "ms"), "config": asdict(cfg)}
+            "predictor": cfg.predictor, "latency_units": predictor.units, "config": asdict(cfg)}
     spec = LoopSpec(out_dir=out_dir, seed=cfg.seed, fingerprint=fingerprint(cfg, proposer, space.to_spec(), meta,
                                                                             fitness.name),
                     info=info, stop_after_generation=cfg.stop_after_generation, seq_len=seq_len,

@@ -7,19 +7,16 @@ MLP or a fitted model that is cheap per batch but not per call.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from atb.latency.features import arch_flops
+from atb.latency.targets import Predictor, parse_target
 from atb.search.settings import Band
 from atb.space import Arch, SearchSpace
-
-
-class Predictor(Protocol):
-    def predict(self, archs: list[Arch]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class LatencyOracle:
 class FlopsProxy:
     """Predicted 'latency' = GFLOPs of one sequence's encoder forward. For spaces without a measured
     latency table (tests, first experiments); targets are then relative ("4x" = a quarter of the largest
-    arch's FLOPs), since milliseconds mean nothing to it."""
+    arch's FLOPs) or plain GFLOP budgets, since milliseconds mean nothing to it."""
 
     units = "GFLOP"
 
@@ -68,9 +65,7 @@ class FlopsProxy:
         self.seq_len = seq_len
 
     def predict(self, archs: list[Arch]) -> np.ndarray:
-        s = self.seq_len
-        return np.array([2 * a.layers * s * (4 * a.hidden * a.qkv + 2 * a.hidden * a.ffn + 2 * s * a.qkv) / 1e9
-                         for a in archs])
+        return np.array([arch_flops(a, batch=1, seq=self.seq_len) / 1e9 for a in archs])
 
 
 def load_predictor(spec: str, seq_len: int) -> Predictor:
@@ -80,33 +75,6 @@ def load_predictor(spec: str, seq_len: int) -> Predictor:
     from atb.latency.predictor import LatencyPredictor
 
     return LatencyPredictor.load(spec)
-
-
-_RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$", re.IGNORECASE)
-_ABSOLUTE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms)?\s*$", re.IGNORECASE)
-
-
-def parse_target_ms(text: str, predictor: Predictor, space: SearchSpace) -> float:
-    """'12ms' / '12' (predictor units) or '4x' (4 times faster than the largest arch of the space).
-    atb.latency's own parser wins for measured predictors (it may know a reference such as BERT-base)."""
-    if not isinstance(predictor, FlopsProxy):
-        try:
-            from atb.latency import parse_target
-        except ImportError:  # an atb without the latency package's parser: the rules below
-            parse_target = None
-        if parse_target is not None:
-            return float(parse_target(text, predictor, space))
-    if m := _RELATIVE.match(text):
-        factor = float(m.group(1))
-        if factor <= 0:
-            raise ValueError(f"target {text!r}: the speed-up factor must be positive")
-        return float(predictor.predict([space.largest()])[0]) / factor
-    if m := _ABSOLUTE.match(text):
-        if m.group(2) and isinstance(predictor, FlopsProxy):
-            raise ValueError(f"target {text!r}: the flops proxy predictor has no milliseconds; give a speed-up "
-                             "like '4x' or a GFLOP budget as a plain number")
-        return float(m.group(1))
-    raise ValueError(f"cannot parse target {text!r}: expected e.g. '4x' or a number")
 
 
 def resolve_targets(texts: list[str], predictor: Predictor, space: SearchSpace, band: Band,
@@ -120,7 +88,7 @@ def resolve_targets(texts: list[str], predictor: Predictor, space: SearchSpace, 
     fastest, slowest = oracle.of([space.smallest(), space.largest()])
     targets = []
     for text in texts:
-        ms = parse_target_ms(text, predictor, space)
+        ms = parse_target(text, predictor, space)
         if ms <= 0:
             raise ValueError(f"target {text!r} resolves to {ms} (must be positive)")
         target = Target(text, ms, band.low * ms, band.high * ms)

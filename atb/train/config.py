@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -11,35 +11,35 @@ class TrainConfig:
 
     out_dir: str = "runs/pretrain"  # run directory: config, logs, checkpoints/, outputs
     # data
-    corpus: str = "demo"  # text file(s)/folder, comma-separated, a saved datasets folder, or "demo"
+    corpus: list[str] = field(default_factory=lambda: ["demo"])  # text files/folders, a saved datasets folder, or demo
     tokenizer: str = "auto"  # transformers tokenizer folder, "demo" (bert-base-uncased vocab), or auto: the --init_from folder's, else demo
     train_tokenizer_vocab: int = 0  # > 0: train a WordPiece tokenizer of this size on the corpus instead
-    seq_len: int = 128
-    dev_fraction: float = 0.01
+    seq_len: int = 128  # tokens per training block
+    dev_fraction: float = 0.01  # share of corpus blocks held out as the dev split
     num_proc: int = 1  # processes for tokenisation (datasets.map)
     data_cache: str = ""  # tokenised-corpus cache (default <out_dir>/data_cache); jobs on one corpus can share it
-    dropout: float = 0.1
+    dropout: float = 0.1  # hidden and attention dropout
     objective: str = "auto"  # mlm | kd | auto: kd from the source when compressing (--init_from a transformers folder), else mlm
     teacher: str | None = None  # transformers encoder folder (kd)
     # optimisation
     steps: int = 1000  # total optimizer steps of the run (sets the LR schedule)
     stop_at_step: int = 0  # > 0: checkpoint and stop at this step (time-limited jobs); resume later
     micro_batch: int = 8  # per rank
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # peak learning rate (linear warmup, then linear decay)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # optimizer steps of linear LR warmup
+    grad_clip: float = 1.0  # gradient norm clipping (0: off)
     ds_config: str = "zero2_bf16"  # name in ds_configs/ or a path
     # checkpoints and tracking
-    save_every: int = 500
-    keep_last: int = 2
+    save_every: int = 500  # checkpoint every N optimizer steps (and at the end)
+    keep_last: int = 2  # checkpoints kept on disk (older ones are deleted)
     resume: str = "auto"  # auto: continue from out_dir/checkpoints if present | never | must
     eval_every: int = 0  # dev loss of the largest and smallest arch every N steps (0: at the end only)
-    report_to: str = "tensorboard"  # comma-separated: tensorboard, wandb, none
-    wandb_project: str = "atb"
-    log_every: int = 10
-    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb or none; several: tensorboard,wandb
+    wandb_project: str = "atb"  # W&B project (offline unless WANDB_MODE=online)
+    log_every: int = 10  # log training metrics every N optimizer steps
+    seed: int = 0  # data order, masks, sampled archs and the train/dev split
     local_rank: int = -1  # set by the deepspeed launcher; LOCAL_RANK from the environment wins
 
     def validate(self) -> None:
@@ -71,7 +71,7 @@ class PretrainConfig(TrainConfig):
     sampling: str = "uniform"  # uniform | sandwich | fixed
     sandwich_random: int = 2  # random archs per step besides largest and smallest (sandwich)
     inplace_distill: bool = False  # sandwich + mlm: distil the largest arch's predictions into the others
-    fixed_archs: str = ""  # sampling=fixed: arch names separated by ';'
+    fixed_archs: list[str] = field(default_factory=list)  # sampling=fixed: arch names (or JSON), comma-separated
 
     def validate(self) -> None:
         super().validate()

@@ -1,7 +1,7 @@
 """Efficient development: batch-extract K architectures from a SuperPLM and further-train them in one run.
 
     deepspeed --num_accelerators 2 tools/develop.py --supernet runs/pretrain/supernet \
-        --archs 'L4_H256_A4_Q256_F1024;L2_H128_A2_Q128_F512' --steps 2000 --out_dir runs/develop
+        --archs L4_H256_A4_Q256_F1024,L2_H128_A2_Q128_F512 --steps 2000 --out_dir runs/develop
 
 Same data pipeline, objectives, DeepSpeed configs, checkpoints, exact resume and tracking as pre-training
 (the shared `session`); only the module (K students) and the export differ.
@@ -9,8 +9,7 @@ Same data pipeline, objectives, DeepSpeed configs, checkpoints, exact resume and
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,15 @@ class DevelopConfig(TrainConfig):
 
     out_dir: str = "runs/develop"
     supernet: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
-    archs: str = ""  # explicit archs, ';'-separated names or a JSON list
+    archs: list[str] = field(default_factory=list)  # explicit archs: names (or JSON objects), comma-separated
     results: str = ""  # a search results.json: develop its per-target picks
-    targets: str = ""  # latency targets ('12ms,6ms' or '4x,8x'): run the fast search first (needs --predictor)
+    targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
     predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
     from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
     measure_latency: bool = True  # time each exported model (settings of the predictor when given)
-    steps: int = 500
-    lr: float = 5e-5
-    warmup_steps: int = 50
+    steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
+    lr: float = 5e-5  # peak learning rate (linear warmup, then linear decay)
+    warmup_steps: int = 50  # optimizer steps of linear LR warmup
 
     def validate(self) -> None:
         super().validate()
@@ -64,9 +63,7 @@ class Pick:
 
 def picks_from_config(cfg: DevelopConfig, supernet) -> list[Pick]:
     if cfg.archs:
-        text = cfg.archs.strip()
-        items = json.loads(text) if text.startswith("[") else [a for a in text.split(";") if a.strip()]
-        picks = [Pick(Arch.parse(a)) for a in items]
+        picks = [Pick(Arch.parse(a)) for a in cfg.archs]
     elif cfg.results:
         picks = picks_from_results(Path(cfg.results))
     else:
@@ -93,26 +90,11 @@ def search_targets(cfg: DevelopConfig) -> Path:
     return out / "results.json"
 
 
-def entries_from_results(data: Any, origin: str = "results") -> list[dict[str, Any]]:
-    """(target, arch name, predicted ms) per target of a search results.json (tools/search.py format)."""
-    entries = data.get("targets") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{origin}: expected a search results.json with a 'targets' list")
-    out = []
-    for entry in entries:
-        best = entry.get("best")
-        if not isinstance(best, dict) or "arch" not in best:
-            raise ValueError(f"{origin}: target {entry.get('target')!r} has no best arch (did the search finish?)")
-        out.append({"target": str(entry.get("target")), "arch": Arch.parse(best["arch"]).name,
-                    "predicted_ms": best.get("latency_ms")})
-    return out
-
-
 def picks_from_results(path: Path) -> list[Pick]:
-    from atb.fsutil import read_json
+    from atb.search.outputs import read_results
 
     unique: dict[str, Pick] = {}
-    for entry in entries_from_results(read_json(path, "search results"), str(path)):
+    for entry in read_results(path):
         # several targets may pick the same arch: train it once, under the first target's name
         unique.setdefault(entry["arch"], Pick(Arch.parse(entry["arch"]), entry["target"], entry["predicted_ms"]))
     return list(unique.values())

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from atb.fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from atb.fsutil import write_json_atomic, write_text_atomic
 from atb.model.elastic import SuperBertConfig
-from atb.model.extract import ARCH_JSON, MODELING_FILE, count_params, new_masked_lm
+from atb.model.extract import count_params, new_masked_lm, write_export
 from atb.space import Arch
 
 PREFIX = "students."
@@ -20,11 +20,8 @@ PREFIX = "students."
 
 def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, models_dir: Path,
                     dev: dict[str, float]) -> list[dict[str, Any]]:
-    import shutil
-
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from atb.model import tiny
     from atb.train.checkpointing import LATEST
 
     tag = (ckpt_dir / LATEST).read_text().strip()
@@ -53,14 +50,8 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
                "dev_loss": dev.get(f"dev/{arch.name}/loss"), "from_scratch": record["from_scratch"],
                "source_checkpoint": record["source_checkpoint"], "source_step": record["source_step"],
                "develop_checkpoint": str((ckpt_dir / tag).resolve()), "develop_steps": cfg.steps}
-        folder = models_dir / arch.name
-        with atomic_dir(folder, overwrite=True) as tmp:
-            model.save_pretrained(str(tmp), safe_serialization=True)
-            if not arch.is_vanilla_bert:
-                shutil.copyfile(tiny.__file__, tmp / MODELING_FILE)
-            tokenizer.save_pretrained(str(tmp))
-            write_json_atomic(tmp / ARCH_JSON, {**row, "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
-                                                "space": sb_cfg.space})
+        folder = write_export(model, arch, models_dir / arch.name, tokenizer, {**row, "space": sb_cfg.space},
+                              overwrite=True)
         rows.append({**row, "path": str(folder)})
     _add_speedups(rows, sb_cfg, predictor)
     write_json_atomic(models_dir.parent / "manifest.json", {"models": rows})
@@ -79,8 +70,7 @@ def _load_predictor(path: str):
 def _measure(arch: Arch, sb_cfg: SuperBertConfig, predictor) -> float:
     from atb.latency.measure import MeasureSettings, measure_latency
 
-    settings = MeasureSettings(**predictor.settings) if predictor is not None and hasattr(predictor, "settings") \
-        else MeasureSettings()
+    settings = MeasureSettings(**predictor.settings) if predictor is not None else MeasureSettings()
     return float(measure_latency(arch, sb_cfg, settings).median_ms)
 
 

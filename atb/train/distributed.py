@@ -78,10 +78,9 @@ def _shut_down() -> None:
 def exit_after_success() -> None:
     """End a finished multi-rank job with os._exit(0) once every rank got here.
 
-    Destroying the process group at exit (`_shut_down`) made the SIGABRT in teardown rarer but not gone
-    (clean-clone suite: 1 of ~20 two-rank runs, "terminate called without an active exception" from a
-    gloo thread in a C++ static destructor, after the run had saved and exported everything). The
-    launcher then reports the whole job failed. After a barrier there is nothing left to do that the
+    A gloo thread can abort the process in a C++ static destructor at exit ("terminate called without an
+    active exception"), after the run has saved and exported everything, and the launcher then reports
+    the whole job failed. After a barrier there is nothing left to do that the
     OS does not do better, so skip the destructors; errors still exit through the normal path with
     their own exit code.
     """

@@ -5,8 +5,8 @@ steps). Filling "auto" keeps one source of truth for each value, and any "auto" 
 rather than something DeepSpeed would silently interpret.
 
 The bf16 configs set `"check_grad_overflow": false`: DeepSpeed's per-gradient inf/NaN scan before every step
-cost ~10 ms of host time a step on an H100 (bench/RESULTS.md), and bf16, with fp32's exponent range, has
-no loss scale for it to protect. A diverged run is stopped by the training loop's finite-loss check instead.
+costs host time each step (bench/RESULTS.md), and bf16, with fp32's exponent range, has no loss scale for
+it to protect. A diverged run is stopped by the training loop's finite-loss check instead.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ def resolve_path(name_or_path: str) -> Path:
 
 
 # torch's AdamW (foreach kernels on CUDA, over ZeRO's flat partitions) rather than DeepSpeed's FusedAdam:
-# FusedAdam is JIT-built on first use, which needs nvcc matching torch's CUDA and ~40 s per fresh machine,
-# and DeepSpeed 0.19 cannot build it where TORCH_CUDA_ARCH_LIST names an arch-specific target such as
-# "9.0a" (measured on an H100 image). A config that says "torch_adam": false gets FusedAdam, or, with
-# optimizer offload, DeepSpeedCPUAdam (faster on the CPU than torch's AdamW, also JIT-built; not checked
-# on a GPU machine here, so the offload configs keep the default that is known to work).
+# FusedAdam is JIT-built on first use, which needs nvcc matching torch's CUDA and time on every fresh
+# machine, and DeepSpeed 0.19 cannot build it where TORCH_CUDA_ARCH_LIST names an arch-specific target
+# such as "9.0a" (bench/RESULTS.md, GPU section). A config that says "torch_adam": false gets FusedAdam,
+# or, with optimizer offload, DeepSpeedCPUAdam (faster on the CPU than torch's AdamW, also JIT-built; not
+# checked on a GPU machine, so the offload configs keep the default that is known to work).
 TORCH_ADAM_DEFAULT = True
 
 

@@ -81,7 +81,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     same_basis = teacher is not None and compress.compresses(cfg) and source_is_teacher
     module = SuperPLMTrainModule(model, cfg.objective, teacher.hidden_size if teacher else None, cfg.inplace_distill,
                                  identity_projection=same_basis)
-    fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs.split(";") if a.strip())
+    fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs)
     sampler = ArchSampler(model.space, cfg.sampling, cfg.seed, cfg.sandwich_random, fixed)
 
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
@@ -148,6 +148,6 @@ def export_supernet(ckpt_dir: Path, folder: Path, env: DistEnv) -> None:
             warnings.warn(f"replacing the previous export {folder} with the newer step {meta['step']}")
         save_supernet(model, folder, meta=meta, overwrite=True)
         if meta.get("objective") == "kd":  # search and develop score sub-networks through the trained projection
-            from atb.evaluate import save_kd_projection
+            from atb.search.fitness import save_kd_projection
 
             save_kd_projection(ckpt_dir, folder)

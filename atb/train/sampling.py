@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from atb.data.loader import derive_seed
 from atb.space import Arch, SearchSpace
 
 RULES = ("uniform", "sandwich", "fixed")
@@ -35,7 +36,7 @@ class ArchSampler:
     def archs_for_step(self, step: int) -> list[Arch]:
         """uniform: one random arch (the paper). sandwich: largest, smallest and N random (the largest
         first, so in-place distillation can use its predictions as soft targets for the others)."""
-        rng = random.Random(f"{self.seed}:{step}")
+        rng = random.Random(derive_seed(self.seed, "archs", step))
         if self.rule == "uniform":
             return [self.space.sample(rng)]
         if self.rule == "sandwich":

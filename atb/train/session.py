@@ -32,7 +32,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def prepare_data(cfg: TrainConfig, env: DistEnv, out: Path):
-    corpus = load_corpus([c for c in cfg.corpus.split(",") if c] if "," in cfg.corpus else cfg.corpus)
+    corpus = load_corpus(cfg.corpus)
     tok_dir = out / "tokenizer"
     if env.is_main:
         if cfg.train_tokenizer_vocab > 0 and not tok_dir.is_dir():
