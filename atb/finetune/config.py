@@ -44,6 +44,7 @@ class FinetuneConfig:
     report_to: str = "none"  # Trainer integrations, e.g. tensorboard or wandb
     logging_steps: int = 50
     overwrite: bool = False
+    trust_remote_code: bool = False  # run the model folder's own code even if it is not atb's unmodified file
 
     def validate(self) -> None:
         for name in ("model", "out_dir"):

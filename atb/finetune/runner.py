@@ -33,6 +33,7 @@ from atb.cli import config_record
 from atb.finetune import classification, qa
 from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
+from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
 
@@ -51,6 +52,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         publish_dir(staging, Path(cfg.out_dir))
         return record
     out_dir, model_dir = Path(cfg.out_dir), Path(cfg.model)
+    trust_code = allow_remote_code(model_dir, cfg.trust_remote_code)
     task = load_task(cfg)
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
@@ -61,7 +63,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     tokenizer = _load_tokenizer(cfg, model_dir)
     set_seed(cfg.seed)  # the new head's initial weights
-    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len)
+    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len, trust_code)
     params = sum(p.numel() for p in model.parameters())
 
     train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
@@ -140,25 +142,25 @@ def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
     if not any((source / name).is_file() for name in TOKENIZER_FILES):
         hint = "" if cfg.tokenizer else "; pass --tokenizer <folder>"
         raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}{hint}")
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
 
 
-def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int, trust: bool) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{config.vocab_size}: they do not belong together")
     if max_seq_len > config.max_position_embeddings:
         raise ValueError(f"--max_seq_len {max_seq_len} exceeds the model's {config.max_position_embeddings} positions")
     if task.task_type == "qa":
-        return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=True)
+        return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=trust)
     if task.task_type == "regression":
         head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
     else:
         names = task.label_names or []
         head = {"num_labels": len(names), "problem_type": "single_label_classification",
                 "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True, **head)
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=trust, **head)
 
 
 def _evaluate_text(trainer: Trainer, task: Task, examples: datasets.Dataset, tokenizer: Any,

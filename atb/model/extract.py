@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
 
-from atb.fsutil import atomic_dir, write_json_atomic
+from atb.fsutil import atomic_dir, file_sha256, write_json_atomic
 from atb.model import tiny
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch
@@ -80,6 +80,8 @@ def extract(super_model: SuperBert, arch: Arch, out_dir: str | Path, tokenizer: 
             "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
             "space": super_model.space.to_spec(),
             "params": sum(p.numel() for p in model.parameters()),
+            # lets fine-tuning tell atb's own modeling file from an edited one before running it
+            **({} if arch.is_vanilla_bert else {"modeling_sha256": file_sha256(tmp / MODELING_FILE)}),
             **(provenance or {}),
         }
         write_json_atomic(tmp / ARCH_JSON, record)

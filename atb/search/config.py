@@ -14,6 +14,7 @@ class SearchConfig:
     """Search sub-architectures of a SuperPLM for one or more latency targets (evolution, random or fast)."""
 
     checkpoint: str = ""  # SuperPLM folder, or an atb DeepSpeed checkpoint dir of any ZeRO stage
+    trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     out_dir: str = "runs/search"  # state, journal, results.json, candidates.jsonl, pareto.png; re-run to resume
     targets: str = ""  # comma-separated: '4x,8x' (speed-up over the largest arch) or '12ms,20ms'
     predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy; targets as 'Nx')
@@ -34,12 +35,13 @@ class SearchConfig:
     seed: int = 0
     # fitness
     fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
-    corpus: str = "demo"  # the pre-training corpus (its dev split is held out from training)
+    # the data settings below default to those the checkpoint recorded when it was pre-trained
+    corpus: str | None = None  # the pre-training corpus (its dev split is held out from training)
     dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.evaluate.save_dev_batches)
-    tokenizer: str = ""  # default: the checkpoint's tokenizer
-    seq_len: int = 0  # 0: the checkpoint's
-    dev_fraction: float = 0.01  # must match pre-training so the dev blocks are really held out
-    data_seed: int = 0  # pre-training's --seed (it splits train/dev)
+    tokenizer: str | None = None
+    seq_len: int | None = None
+    dev_fraction: float | None = None  # must match pre-training so the dev blocks are really held out
+    data_seed: int | None = None  # pre-training's --seed (it splits train/dev)
     batch_size: int = 16
     dev_batches: int = 0  # cap on dev batches per evaluation (0 = all)
     teacher: str | None = None  # kd: transformers encoder folder
@@ -76,7 +78,7 @@ class SearchConfig:
         if self.fitness == "finetune" and not self.task:
             raise ValueError("--fitness finetune needs --task (a task folder with train/dev files, or a built-in task)")
         for name in ("budget", "dev_batches", "stop_after_generation", "seq_len"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")

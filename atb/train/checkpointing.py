@@ -100,10 +100,13 @@ def saved_world_size(ckpt_dir: Path, tag: str) -> int:
     return int(read_json(ckpt_dir / tag / COMPLETE, "checkpoint completion record")["world_size"])
 
 
-def ensure_universal(ckpt_dir: Path, tag: str, env: DistEnv) -> str:
+def ensure_universal(ckpt_dir: Path, tag: str, env: DistEnv, trust_checkpoint: bool = False) -> str:
     """Convert `tag` to DeepSpeed's universal format once (rank 0), for loading at another world size."""
     universal = f"{tag}_universal"
     if env.is_main and not (ckpt_dir / universal / COMPLETE).is_file():
+        from atb.train.trusted_load import check_pickles
+
+        check_pickles(ckpt_dir / tag, trust_checkpoint)  # the converter unpickles without restriction
         with atomic_dir(ckpt_dir / universal, overwrite=True) as tmp:
             cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                    str(ckpt_dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",

@@ -35,6 +35,7 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     resume: str = "auto"  # auto: continue from out_dir/checkpoints if present | never | must
+    trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     eval_every: int = 0  # dev loss of the largest and smallest arch every N steps (0: at the end only)
     report_to: str = "tensorboard"  # comma-separated: tensorboard, wandb, none
     wandb_project: str = "atb"
@@ -50,7 +51,7 @@ class TrainConfig:
         if self.resume not in ("auto", "never", "must"):
             raise ValueError(f"--resume must be auto, never or must, got {self.resume!r}")
         for name in ("steps", "micro_batch", "grad_accum", "seq_len", "save_every", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # None: taken from a SuperPLM
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 

@@ -26,6 +26,7 @@ from atb.train.develop_export import export_students
 from atb.train.job import Job
 from atb.train.objectives import Teacher
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.recorded_data import adopt_recorded_data
 from atb.train.students import Students
 
 
@@ -44,6 +45,12 @@ class DevelopConfig(TrainConfig):
     steps: int = 500
     lr: float = 5e-5
     warmup_steps: int = 50
+    # unset: the data settings the SuperPLM recorded when it was pre-trained
+    corpus: str | None = None
+    tokenizer: str | None = None
+    seq_len: int | None = None
+    dev_fraction: float | None = None
+    seed: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -53,6 +60,10 @@ class DevelopConfig(TrainConfig):
             raise ValueError("give exactly one of --archs, --results or --targets")
         if self.targets and not self.predictor:
             raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
+
+
+DEVELOP_DATA_FIELDS = {"corpus": ("corpus", "demo"), "tokenizer": ("tokenizer", "demo"), "seq_len": ("seq_len", 128),
+                       "dev_fraction": ("dev_fraction", 0.01), "seed": ("data_seed", 0)}
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,8 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
     env = init_distributed()
     out = Path(cfg.out_dir)
-    supernet, meta = load_supernet(cfg.supernet)
+    supernet, meta = load_supernet(cfg.supernet, cfg.trust_checkpoint)
+    adopt_recorded_data(cfg, meta, DEVELOP_DATA_FIELDS, cfg.supernet, "develop", env.is_main)
     picks = picks_from_config(cfg, supernet)
     if cfg.tokenizer == "auto":
         cfg.tokenizer = meta.get("tokenizer") or "demo"  # the tokenizer the SuperPLM was trained with

@@ -75,7 +75,7 @@ def find_resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv, config: dict
     saved_world = checkpointing.saved_world_size(ckpt_dir, tag)
     if saved_world != env.world_size:
         # DeepSpeed partitions optimizer state by rank; the universal format re-partitions it
-        tag = checkpointing.ensure_universal(ckpt_dir, tag, env)
+        tag = checkpointing.ensure_universal(ckpt_dir, tag, env, cfg.trust_checkpoint)
         config.setdefault("checkpoint", {})["load_universal"] = True
     return tag
 
@@ -97,7 +97,10 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
     engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
     start_step = 0
     if tag is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        from atb.train.trusted_load import trusted_checkpoint
+
+        with trusted_checkpoint(ckpt_dir / tag, cfg.trust_checkpoint):
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if client is None:
             raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
         start_step = int(client["step"])
