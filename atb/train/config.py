@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    max_weight: float = 1e4  # a step whose weights reach this |value| (or inf/nan) counts as diverged, is not saved
     ds_config: str = "zero2_bf16"  # name in ds_configs/ or a path
     # checkpoints and tracking
     save_every: int = 500

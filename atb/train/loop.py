@@ -22,6 +22,7 @@ import torch.distributed as dist
 from atb.fsutil import write_text_atomic
 from atb.tracking import Tracker, progress
 from atb.train.distributed import DistEnv
+from atb.train.divergence import Diverged
 from atb.train.job import Job
 
 
@@ -86,9 +87,8 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], j
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps({"step": done, **values}) + "\n")
         if not math.isfinite(values["loss"]):  # the same mean on every rank: all stop together
-            raise ValueError(f"the training loss is {values['loss']} at step {done}: the run diverged. Nothing "
-                             f"was saved from this step on; resume from the last checkpoint with a lower --lr "
-                             f"or stronger clipping (--grad_clip)")
+            raise Diverged(f"the training loss is {values['loss']} at step {done}: the run diverged and nothing "
+                           f"was saved from this step on; re-run with a lower --lr or stronger clipping (--grad_clip)")
         if spec.eval_every and done % spec.eval_every == 0 and done != end:
             tracker.log(job.evaluate(engine), done)
         if done % spec.save_every == 0 or done == end:

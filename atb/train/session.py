@@ -21,7 +21,7 @@ import torch.distributed as dist
 from atb.cli import config_record
 from atb.data import build_blocks, check_vocab_compatible, load_corpus, load_tokenizer, make_batches, train_wordpiece
 from atb.tracking import Tracker
-from atb.train import checkpointing, ds_config
+from atb.train import checkpointing, divergence, ds_config
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, barrier
 from atb.train.job import Job
@@ -104,6 +104,7 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
         if client is None:
             raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
         start_step = int(client["step"])
+        divergence.apply_configured_lr(engine)
 
     record = {**config_record(cfg), "job": job.name, "ds_config": config, "world_size": env.world_size,
               "resumed_from": tag}
@@ -118,12 +119,14 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
                            cfg.seed, start_step)
 
     def save(step: int) -> None:
+        divergence.check_weights(engine, step, cfg.max_weight)
         checkpointing.save(engine, ckpt_dir, step, {"step": step, "run": dataclasses.asdict(cfg)}, cfg.keep_last, env,
                            record=job.checkpoint_record)
 
     spec = LoopSpec(steps=cfg.steps, start_step=start_step, stop_at_step=cfg.stop_at_step, grad_accum=cfg.grad_accum,
                     save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed)
-    result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
+    with divergence.naming_last_good(ckpt_dir):
+        result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
     final_eval = job.evaluate(engine) if result.last_step > start_step else {}
     tracker.log(final_eval, result.last_step)
     if result.last_step == cfg.steps:
