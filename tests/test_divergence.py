@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from launching import read_losses, run_tool
+from launching import read_losses, run_tool, tiny_pretrain_args
 
 
 def fake_engine(*tensors: torch.Tensor):
@@ -44,17 +44,11 @@ def test_a_divergence_error_names_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow  # two tiny pre-training runs: ~1-2 min on 2 busy cores
 def test_lr_1e9_stops_before_saving_poison_and_a_sane_rerun_trains_past_it(tmp_path):
-    from atb.data import load_corpus, train_wordpiece
     from atb.model.supernet_io import load_supernet
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"the quick brown fox jumps over the lazy dog {i}" for i in range(200)) + "\n")
-    train_wordpiece(load_corpus(str(corpus)), 60, tmp_path / "tokenizer")
     out = tmp_path / "run"
-    args = ["--out_dir", out, "--corpus", corpus, "--tokenizer", tmp_path / "tokenizer", "--space", "tiny",
-            "--seq_len", 16, "--micro_batch", 4, "--steps", 6, "--save_every", 1, "--warmup_steps", 4,
-            "--log_every", 1, "--ds_config", "zero2_fp32", "--report_to", "none", "--dev_fraction", 0.05]
-    failed = run_tool("pretrain", [*args, "--lr", 1e9], check=False)
+    schedule = {"steps": 6, "save_every": 1, "warmup_steps": 4}
+    failed = run_tool("pretrain", tiny_pretrain_args(tmp_path, out, lr=1e9, **schedule), check=False)
     assert failed.returncode == 2 and "the run diverged" in failed.stderr, failed.stderr[-2000:]
     failure_step = max(read_losses(out))
     tag = (out / "checkpoints" / "latest").read_text().strip()
@@ -63,7 +57,7 @@ def test_lr_1e9_stops_before_saving_poison_and_a_sane_rerun_trains_past_it(tmp_p
     saved, _ = load_supernet(out / "checkpoints")
     peak = max(float(p.detach().abs().max()) for p in saved.parameters())
     assert math.isfinite(peak) and peak < 1e4
-    run_tool("pretrain", [*args, "--lr", 2e-3])
+    run_tool("pretrain", tiny_pretrain_args(tmp_path, out, lr=2e-3, **schedule))
     losses = read_losses(out)
     assert max(losses) == 6 and all(math.isfinite(v) for v in losses.values())
     assert (out / "checkpoints" / "latest").read_text().strip() == "step00000006"

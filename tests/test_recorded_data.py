@@ -14,13 +14,11 @@ from atb.space import Arch
 WORDS = "the quick brown fox jumps over a lazy dog while it is raining in the old town".split()
 
 
-@pytest.fixture(scope="module")
-def superplm(tmp_path_factory):
+def build_superplm(root):
     """A SuperPLM folder whose record names corpus C (dev_fraction 0.05, seed 3, seq_len 16)."""
     from atb.data import load_corpus, load_tokenizer, train_wordpiece
     from atb.model.supernet_io import save_supernet
 
-    root = tmp_path_factory.mktemp("plm")
     rng = random.Random(0)
     corpus = root / "C.txt"
     corpus.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(300)) + "\n")
@@ -30,6 +28,11 @@ def superplm(tmp_path_factory):
             "data_seed": 3, "step": 4}
     save_supernet(make_supernet("tiny", vocab=vocab, positions=32), root / "supernet", meta=meta)
     return root
+
+
+@pytest.fixture(scope="module")
+def superplm(tmp_path_factory):
+    return build_superplm(tmp_path_factory.mktemp("plm"))
 
 
 def search_cfg(superplm, out, **flags):

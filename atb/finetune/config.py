@@ -77,6 +77,22 @@ class FinetuneConfig:
             raise ValueError(f"--text_columns takes one or two columns, got {self.text_columns}")
 
 
+def finished_record(cfg: FinetuneConfig) -> dict | None:
+    """metrics.json of an earlier run of this very config in --out_dir: a re-run has nothing left to do."""
+    import dataclasses
+    import json
+
+    path = Path(cfg.out_dir) / "metrics.json"
+    if cfg.overwrite or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    same = isinstance(record, dict) and record.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return record if same else None
+
+
 def check_inputs(cfg: FinetuneConfig) -> None:
     """The checks that need no heavy imports, so that a mistyped flag fails in a fraction of a second."""
     cfg.validate()

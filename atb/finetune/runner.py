@@ -38,6 +38,7 @@ from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
 
 ARCH_JSON = "atb_arch.json"
+STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -57,8 +58,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
-    if os.environ.get("RANK", "0") == "0" and staging.exists():  # left by a crashed run
-        shutil.rmtree(staging)
+    if os.environ.get("RANK", "0") == "0":
+        _fresh_staging(staging, out_dir)
     deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
     tokenizer = _load_tokenizer(cfg, model_dir)
@@ -132,9 +133,21 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         trainer_dir = staging / "trainer"
         if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
             trainer_dir.rmdir()
+        (staging / STAGING_MARK).unlink()
         publish_dir(staging, out_dir)
     trainer.accelerator.wait_for_everyone()
     return record
+
+
+def _fresh_staging(staging: Path, out_dir: Path) -> None:
+    """An empty staging folder; one a crashed run left is replaced, a folder atb did not make is refused."""
+    if staging.exists():
+        if not (staging / STAGING_MARK).is_file():
+            raise FileExistsError(f"{staging} exists but is not a staging folder atb made (no {STAGING_MARK}); "
+                                  f"move it away: fine-tuning writes {out_dir} there first")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARK).touch()
 
 
 def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):

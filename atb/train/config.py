@@ -36,6 +36,7 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     resume: str = "auto"  # auto: continue from out_dir/checkpoints if present | never | must
+    overwrite: bool = False  # a finished run: redo its final evaluation and exports (checkpoints are kept)
     trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     eval_every: int = 0  # dev loss of the largest and smallest arch every N steps (0: at the end only)
     report_to: str = "tensorboard"  # comma-separated: tensorboard, wandb, none

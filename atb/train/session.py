@@ -21,7 +21,7 @@ import torch.distributed as dist
 from atb.cli import config_record
 from atb.data import build_blocks, check_vocab_compatible, load_corpus, load_tokenizer, make_batches, train_wordpiece
 from atb.tracking import Tracker
-from atb.train import checkpointing, divergence, ds_config
+from atb.train import checkpointing, completion, divergence, ds_config
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, barrier
 from atb.train.job import Job
@@ -93,6 +93,11 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
 
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
+    done = None if cfg.overwrite else completion.finished_summary(out, cfg.steps)
+    if done is not None:
+        completion.report_complete(job.name, out, f"a finished run of {cfg.steps} steps", env.is_main)
+        return {"last_step": cfg.steps, "losses": {}, "eval": done.get("final_eval", {}),
+                "digests": done.get("param_digest_per_rank", [])}
     tag = find_resume_tag(cfg, ckpt_dir, env, config)
     engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
     start_step = 0
@@ -127,7 +132,8 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
                     save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed)
     with divergence.naming_last_good(ckpt_dir):
         result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
-    final_eval = job.evaluate(engine) if result.last_step > start_step else {}
+    # a run resumed at its final step (killed during export) evaluates again: the exports need the figures
+    final_eval = job.evaluate(engine) if result.last_step > start_step or result.last_step == cfg.steps else {}
     tracker.log(final_eval, result.last_step)
     if result.last_step == cfg.steps:
         barrier()
