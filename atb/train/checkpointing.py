@@ -69,11 +69,24 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
 
 def latest_tag(ckpt_dir: Path) -> str | None:
     """The tag to resume from, validated; None when the directory holds no checkpoint yet."""
-    latest = ckpt_dir / LATEST
-    if not latest.is_file():
+    if not (ckpt_dir / LATEST).is_file():
         return None
-    tag = latest.read_text().strip()
+    tag = read_latest(ckpt_dir)
     validate(ckpt_dir / tag)
+    return tag
+
+
+def read_latest(ckpt_dir: Path) -> str:
+    """The tag `latest` names: only a step folder beside it, never a path that leads elsewhere."""
+    latest = ckpt_dir / LATEST
+    raw = latest.read_bytes()
+    try:
+        tag = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        tag = None
+    if tag is None or not TAG_RE.match(tag):
+        raise CheckpointError(f"{latest} is corrupt: it holds {raw[:40]!r}, not the name of a step folder beside it "
+                              "(step<N>); write the newest complete step folder's name into it")
     return tag
 
 

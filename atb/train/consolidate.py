@@ -13,7 +13,7 @@ import torch
 
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.supernet_io import load_weights_into
-from atb.train.checkpointing import COMPLETE, LATEST, CheckpointError, validate
+from atb.train.checkpointing import COMPLETE, LATEST, CheckpointError, read_latest, validate
 from atb.train.trusted_load import trusted_checkpoint
 
 SUPERNET_PREFIX = "supernet."
@@ -22,7 +22,7 @@ SUPERNET_PREFIX = "supernet."
 def resolve(path: Path) -> tuple[Path, str]:
     """(checkpoint root, tag) from either the root (follows `latest`) or a tag folder."""
     if (path / LATEST).is_file():
-        return path, (path / LATEST).read_text().strip()
+        return path, read_latest(path)
     if (path / COMPLETE).is_file():
         return path.parent, path.name
     raise CheckpointError(f"{path} is neither a SuperPLM folder nor an atb DeepSpeed checkpoint "

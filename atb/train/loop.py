@@ -115,6 +115,15 @@ def truncate_metrics(metrics_file: Path, from_step: int) -> None:
     """On resume, forget logged steps after the checkpoint (they will be recomputed identically)."""
     if not metrics_file.is_file():
         return
-    kept = [line for line in metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= from_step]
+    lines = [line for line in metrics_file.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # the last line was torn by a kill mid-write: it is recomputed
+            raise ValueError(f"{metrics_file} line {number} is corrupt ({line[:60]!r}); delete that line") from None
+        if step <= from_step:
+            kept.append(line)
     write_text_atomic(metrics_file, "".join(line + "\n" for line in kept))
