@@ -63,6 +63,8 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     steps = sorted(int(m.group(1)) for p in ckpt_dir.iterdir()
                    if (m := TAG_RE.match(p.name)) and (p / COMPLETE).is_file())
     for step in steps[:-keep_last]:
+        # the record goes first: a prune killed midway leaves an incomplete folder that start-up removes
+        (ckpt_dir / tag_for(step) / COMPLETE).unlink(missing_ok=True)
         shutil.rmtree(ckpt_dir / tag_for(step), ignore_errors=True)
         shutil.rmtree(ckpt_dir / f"{tag_for(step)}_universal", ignore_errors=True)
 

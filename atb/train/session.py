@@ -21,7 +21,7 @@ import torch.distributed as dist
 from atb.cli import config_record
 from atb.data import build_blocks, check_vocab_compatible, load_corpus, load_tokenizer, make_batches, train_wordpiece
 from atb.tracking import Tracker
-from atb.train import checkpointing, completion, divergence, ds_config
+from atb.train import checkpointing, completion, divergence, ds_config, litter
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, barrier
 from atb.train.job import Job
@@ -98,6 +98,9 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
         completion.report_complete(job.name, out, f"a finished run of {cfg.steps} steps", env.is_main)
         return {"last_step": cfg.steps, "losses": {}, "eval": done.get("final_eval", {}),
                 "digests": done.get("param_digest_per_rank", [])}
+    if env.is_main:
+        for action in litter.sweep(out):
+            print(f"{job.name}: {action} (left by an interrupted run)")
     tag = find_resume_tag(cfg, ckpt_dir, env, config)
     engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
     start_step = 0
