@@ -95,10 +95,11 @@ def _entry(cls: type[C], run: Callable[[C], Any], prog: str, help_only: bool = F
     def entry(**kwargs: Any) -> None:
         try:
             run(build_config(cls, kwargs))
+        except PermissionError as err:
+            _user_error(prog, f"cannot write {err.filename or err}: permission denied; choose a writable "
+                              "--out_dir or fix its permissions")
         except USER_ERRORS as err:
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"{prog}: error: {msg}", file=sys.stderr)
-            sys.exit(2)
+            _user_error(prog, err.args[0] if isinstance(err, KeyError) and err.args else err)
         if "torch.distributed" in sys.modules:  # a finished multi-rank job: see exit_after_success
             from atb.train.distributed import exit_after_success
 
@@ -144,6 +145,25 @@ def _field_comments(cls: type) -> dict[str, str]:
         if tok.type in (tokenize.NEWLINE, tokenize.NL):
             field_name = None
     return {name: text for name, text in comments.items() if name in cls.__dataclass_fields__}
+
+
+def _user_error(prog: str, message: Any) -> None:
+    """One line on stderr, exit 2. Under a launcher every rank reads the same inputs, so rank 0 reports and
+    the others wait for it: it reaches the same error and the launcher ends them, with the same code and
+    no second message, instead of rank 0 dying in a collective that this rank left."""
+    import os
+    import signal
+    import time
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and rank != 0:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
+        time.sleep(WAIT_FOR_RANK0_S)  # rank 0 did not fail the same way: report this rank's own error
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+WAIT_FOR_RANK0_S = 20.0
 
 
 def git_hash(cwd: str | Path | None = None) -> str:

@@ -54,3 +54,17 @@ def run_tool(tool: str, args: list, nproc: int = 1, timeout: int = 300, check: b
 def read_losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {r["step"]: r["loss"] for r in rows}
+
+
+def tiny_pretrain_args(root: Path, out: Path, **overrides) -> list:
+    """Flags of a seconds-long 1-rank pre-training on a small corpus and tokenizer made in `root`."""
+    from atb.data import load_corpus, train_wordpiece
+
+    corpus, tokenizer = root / "corpus.txt", root / "tokenizer"
+    if not corpus.is_file():
+        corpus.write_text("\n".join(f"the quick brown fox jumps over the lazy dog {i}" for i in range(200)) + "\n")
+        train_wordpiece(load_corpus(str(corpus)), 60, tokenizer)
+    flags = {"out_dir": out, "corpus": corpus, "tokenizer": tokenizer, "space": "tiny", "seq_len": 16,
+             "micro_batch": 4, "steps": 3, "save_every": 3, "warmup_steps": 1, "lr": 2e-3, "log_every": 1,
+             "ds_config": "zero2_fp32", "report_to": "none", "dev_fraction": 0.05, **overrides}
+    return [item for k, v in flags.items() for item in (f"--{k}", v)]

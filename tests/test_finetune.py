@@ -245,3 +245,21 @@ def test_small_export_beats_the_majority_baseline_on_builtin_tasks(tmp_path):
     assert movie["test"]["accuracy"] > movie["majority_baseline"]["test"]["accuracy"] + 0.15
     assert spam["dev"]["accuracy"] > spam["majority_baseline"]["dev"]["accuracy"] + 0.05  # ~0.99 vs 0.90
     assert spam["dev"]["mcc"] > 0.7 and spam["dev"]["f1"] > 0.7  # the baseline scores 0 on both
+
+
+def test_a_finished_finetune_rerun_changes_nothing_and_a_foreign_partial_folder_is_kept(exports, tmp_path, capsys):
+    task = write_sst2_task(tmp_path / "sst2", n_train=16, n_dev=8)
+    out = tmp_path / "out"
+    first = finetune(fast_cfg(exports["bert"], task, out, epochs=1))
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert finetune(fast_cfg(exports["bert"], task, out, epochs=1)) == first
+    assert "already complete" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    with pytest.raises(FileExistsError, match="already exists"):  # another config: not this run's results
+        finetune(fast_cfg(exports["bert"], task, out, epochs=2))
+    foreign = tmp_path / ".other.partial"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a staging folder atb made"):
+        finetune(fast_cfg(exports["bert"], task, tmp_path / "other", epochs=1))
+    assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "other").exists()

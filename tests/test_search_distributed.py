@@ -137,8 +137,8 @@ def test_search_from_a_deepspeed_checkpoint_scores_the_held_out_dev_blocks(tmp_p
                           "--ds_config", "zero2_fp32", "--report_to", "none", "--dev_fraction", 0.05, "--seed", 3],
              nproc=1, timeout=300)
     out = tmp_path / "search"
-    args = ["--checkpoint", pre / "checkpoints", "--out_dir", out, "--corpus", corpus, "--dev_fraction", 0.05,
-            "--data_seed", 3, "--batch_size", 8, "--dev_batches", 2, "--targets", "3x", "--preset", "tiny",
+    # no data flags: corpus, dev split, seed, seq_len and tokenizer come from the checkpoint's record
+    args = ["--checkpoint", pre / "checkpoints", "--out_dir", out, "--batch_size", 8, "--dev_batches", 2, "--targets", "3x", "--preset", "tiny",
             "--generations", 2, "--progress", False]
     run_tool("search", args, nproc=2, timeout=300)
     results = json.loads((out / "results.json").read_text())

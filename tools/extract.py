@@ -19,6 +19,7 @@ class ExtractConfig:
     """Extract one arch of a SuperPLM into a Hugging Face folder."""
 
     checkpoint: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
+    trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     arch: str = ""  # name like L4_H256_A4_Q256_F1024, or a JSON object
     out: str = ""  # output folder (must not exist unless --overwrite)
     tokenizer: str | None = None  # tokenizer folder to copy into the export
@@ -36,7 +37,7 @@ def run(cfg: ExtractConfig) -> None:
     arch = Arch.parse(cfg.arch)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"output folder {cfg.out} already exists; choose another or pass --overwrite")
-    model, meta = load_supernet(cfg.checkpoint)
+    model, meta = load_supernet(cfg.checkpoint, cfg.trust_checkpoint)
     model.space.validate(arch)
     provenance = {"source_checkpoint": str(Path(cfg.checkpoint).resolve()), "source_step": meta.get("step")}
     out = extract(model, arch, cfg.out, tokenizer=cfg.tokenizer or meta.get("tokenizer"),

@@ -8,6 +8,8 @@ token and block caches downstream are invalidated when a file is edited.
 
 from __future__ import annotations
 
+import codecs
+import gzip
 from importlib import resources
 from pathlib import Path
 
@@ -50,6 +52,7 @@ def load_corpus(source: str | list[str]) -> Dataset:
         return _clean(_load_saved(Path(saved[0])), saved[0])
 
     files = [f for item in expanded for f in _text_files(Path(item))]
+    _check_text(files)
     data = load_dataset("text", data_files=files, split="train")
     return _clean(data, ", ".join(sources))
 
@@ -77,6 +80,22 @@ def _text_files(path: Path) -> list[str]:
     if not files:
         raise FileNotFoundError(f"corpus folder {path} holds no text files ({', '.join(TEXT_SUFFIXES)})")
     return files
+
+
+def _check_text(files: list[str]) -> None:
+    """Corpus files that are all empty, or not UTF-8 text, fail here with their name, not deep in datasets."""
+    if all(Path(f).stat().st_size == 0 for f in files):
+        raise ValueError(f"corpus {', '.join(files[:3])} is empty (0 bytes); give text, one paragraph per line")
+    for f in files:
+        with (gzip.open(f, "rb") if f.endswith(".gz") else open(f, "rb")) as fh:
+            head = fh.read(1 << 16)
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"corpus file {f} is not UTF-8 text (byte {err.start} of it); give plain text files, "
+                             "one paragraph per line") from None
+        if b"\0" in head:
+            raise ValueError(f"corpus file {f} holds NUL bytes: it is binary, not text; give plain text files")
 
 
 def _keep_nonblank(batch: dict[str, list]) -> list[bool]:

@@ -13,6 +13,7 @@ from atb.fsutil import atomic_dir
 DEMO = "demo"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 REQUIRED = ("cls_token", "sep_token", "mask_token", "pad_token")
+VOCAB_FILES = ("tokenizer.json", "vocab.txt")  # without one, transformers builds a vocabulary of special tokens only
 
 
 def demo_tokenizer_path() -> str:
@@ -31,6 +32,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     folder = demo_tokenizer_path() if str(path) == DEMO else str(path)
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} not found")
+    if not any((Path(folder) / name).is_file() for name in VOCAB_FILES):
+        raise FileNotFoundError(f"tokenizer folder {folder} has no {' or '.join(VOCAB_FILES)}: its vocabulary is "
+                                "missing; pass a complete transformers tokenizer folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as err:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from atb.finetune.config import FinetuneConfig, check_inputs
+from atb.finetune.config import FinetuneConfig, check_inputs, finished_record
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune and evaluate; writes `<out_dir>/metrics.json` and `<out_dir>/model` (see runner.py)."""
+    finished = finished_record(cfg)
+    if finished is not None:
+        print(f"finetune: already complete: {cfg.out_dir} holds this run's results; nothing was changed "
+              "(pass --overwrite true to redo it)")
+        return finished
     check_inputs(cfg)
     from atb.finetune.runner import (
         finetune as run,  # transformers is imported only when a run starts

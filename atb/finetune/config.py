@@ -37,6 +37,8 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
     seed: int = 42  # initialisation of the task head, data order and dropout
+    freeze_embeddings: bool = False  # keep the word embeddings as pre-trained (small training sets; much cheaper for tiny models)
+    group_by_length: bool = False  # batch sentences of similar length together (less padding, same data)
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
@@ -44,6 +46,7 @@ class FinetuneConfig:
     report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb
     logging_steps: int = 50  # Trainer logs every N steps
     overwrite: bool = False  # replace an existing --out_dir
+    trust_remote_code: bool = False  # run the model folder's own code even if it is not atb's unmodified file
 
     def validate(self) -> None:
         for name in ("model", "out_dir"):
@@ -70,6 +73,22 @@ class FinetuneConfig:
             raise ValueError("--text_columns is empty; give one or two column names")
         if self.text_columns is not None and len(self.text_columns) > 2:
             raise ValueError(f"--text_columns takes one or two columns, got {self.text_columns}")
+
+
+def finished_record(cfg: FinetuneConfig) -> dict | None:
+    """metrics.json of an earlier run of this very config in --out_dir: a re-run has nothing left to do."""
+    import dataclasses
+    import json
+
+    path = Path(cfg.out_dir) / "metrics.json"
+    if cfg.overwrite or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    same = isinstance(record, dict) and record.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return record if same else None
 
 
 def check_inputs(cfg: FinetuneConfig) -> None:

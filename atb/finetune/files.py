@@ -12,7 +12,8 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,10 +50,26 @@ def file_format(path: Path) -> str:
     return suffix
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+@contextmanager
+def open_text(path: Path) -> Iterator[io.TextIOBase]:
+    """The file as UTF-8 text; bytes that are not UTF-8 give one error naming the file and line."""
+    fh = io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="") if path.name.endswith(".gz") \
+        else open(path, encoding="utf-8", newline="")
+    try:
+        with fh:
+            yield fh
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} line {_first_undecodable_line(path)} is not UTF-8 text; re-save the file as "
+                         "UTF-8") from None
+
+
+def _first_undecodable_line(path: Path) -> int:
+    data = gzip.open(path, "rb").read() if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return data.count(b"\n", 0, err.start) + 1
+    return 0
 
 
 def task_dir(task: str) -> Path:

@@ -33,9 +33,11 @@ from atb.cli import config_record
 from atb.finetune import classification, qa
 from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
+from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
 from atb.model.extract import ARCH_JSON, count_params
+STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -43,25 +45,23 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.task`; returns what it writes to `<out_dir>/metrics.json`."""
     check_inputs(cfg)
     if cfg.model == BOW_MODEL:
-        record = bow_baseline(cfg)
-        staging = Path(cfg.out_dir).with_name(f".{Path(cfg.out_dir).name}.partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(staging / "metrics.json", record)
-        publish_dir(staging, Path(cfg.out_dir))
-        return record
+        return _publish_baseline(cfg)
     out_dir, model_dir = Path(cfg.out_dir), Path(cfg.model)
+    trust_code = allow_remote_code(model_dir, cfg.trust_remote_code)
     task = load_task(cfg)
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
-    if os.environ.get("RANK", "0") == "0" and staging.exists():  # left by a crashed run
-        shutil.rmtree(staging)
+    if os.environ.get("RANK", "0") == "0":
+        _fresh_staging(staging, out_dir)
     deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
     tokenizer = _load_tokenizer(cfg, model_dir)
     set_seed(cfg.seed)  # the new head's initial weights
-    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len)
+    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len, trust_code)
     params = count_params(model)
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
 
     train_examples = subsample(task.splits["train"], cfg.max_train_samples, cfg.seed)
     # a random subset, not the first rows (task files are often ordered by label), and the same rows for
@@ -78,7 +78,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
-        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
+        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no", group_by_length=cfg.group_by_length,
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
     )
@@ -129,9 +129,33 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         trainer_dir = staging / "trainer"
         if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
             trainer_dir.rmdir()
+        (staging / STAGING_MARK).unlink()
         publish_dir(staging, out_dir)
     trainer.accelerator.wait_for_everyone()
     return record
+
+
+def _publish_baseline(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The TF-IDF baseline's metrics.json, published like a fine-tuning run's."""
+    record = bow_baseline(cfg)
+    out_dir = Path(cfg.out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    _fresh_staging(staging, out_dir)
+    write_json_atomic(staging / "metrics.json", record)
+    (staging / STAGING_MARK).unlink()
+    publish_dir(staging, out_dir)
+    return record
+
+
+def _fresh_staging(staging: Path, out_dir: Path) -> None:
+    """An empty staging folder; one a crashed run left is replaced, a folder atb did not make is refused."""
+    if staging.exists():
+        if not (staging / STAGING_MARK).is_file():
+            raise FileExistsError(f"{staging} exists but is not a staging folder atb made (no {STAGING_MARK}); "
+                                  f"move it away: fine-tuning writes {out_dir} there first")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARK).touch()
 
 
 def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
@@ -139,25 +163,25 @@ def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
     if not any((source / name).is_file() for name in TOKENIZER_FILES):
         hint = "" if cfg.tokenizer else "; pass --tokenizer <folder>"
         raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}{hint}")
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
 
 
-def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int, trust: bool) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{config.vocab_size}: they do not belong together")
     if max_seq_len > config.max_position_embeddings:
         raise ValueError(f"--max_seq_len {max_seq_len} exceeds the model's {config.max_position_embeddings} positions")
     if task.task_type == "qa":
-        return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=True)
+        return AutoModelForQuestionAnswering.from_pretrained(str(model_dir), trust_remote_code=trust)
     if task.task_type == "regression":
         head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
     else:
         names = task.label_names or []
         head = {"num_labels": len(names), "problem_type": "single_label_classification",
                 "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True, **head)
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=trust, **head)
 
 
 def _evaluate_text(trainer: Trainer, task: Task, examples: datasets.Dataset, tokenizer: Any,

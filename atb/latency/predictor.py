@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -265,7 +266,11 @@ class LatencyPredictor:
         weights_path = folder / WEIGHTS_FILE
         if not weights_path.is_file():
             raise FileNotFoundError(f"latency predictor weights missing: {weights_path}")
-        tensors = load_file(str(weights_path))
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"latency predictor weights {weights_path} are corrupt or truncated ({err}); fit the "
+                             "predictor again with `tools/latency.py fit`") from None
         nets = []
         for k in range(meta["ensemble"]):
             net = _LayeredLatencyNet(len(meta["layer_features"]), len(meta["fixed_features"]), meta["terms"]).double()

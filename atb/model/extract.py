@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
 
-from atb.fsutil import atomic_dir, write_json_atomic
+from atb.fsutil import atomic_dir, file_sha256, write_json_atomic
 from atb.model import tiny
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch
@@ -84,9 +84,11 @@ def write_export(model: PreTrainedModel, arch: Arch, out_dir: str | Path, tokeni
             shutil.copyfile(tiny.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        # the modeling file's hash lets fine-tuning tell atb's own file from an edited one before running it
+        code = {} if arch.is_vanilla_bert else {"modeling_sha256": file_sha256(tmp / MODELING_FILE)}
         write_json_atomic(tmp / ARCH_JSON, {"arch": arch.to_dict(), "arch_name": arch.name,
                                             "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
-                                            "params": count_params(model), **record})
+                                            "params": count_params(model), **code, **record})
     return out_dir
 
 

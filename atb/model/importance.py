@@ -39,15 +39,20 @@ class Importance:
     ffn: torch.Tensor  # [layers, ffn]
     layers: torch.Tensor  # [layers]
 
-    def order(self, within_heads: bool) -> ModelOrder:
-        """Most important first; `within_heads` orders the dims inside each head too (per-head qkv spaces)."""
-        def rank(scores: torch.Tensor) -> torch.Tensor:
-            return torch.argsort(scores, dim=-1, descending=True, stable=True)
+    def order(self, within_heads: bool = False) -> ModelOrder:
+        """Most important heads and neurons first. `within_heads` also orders the dims inside each head (their
+        scores are always recorded; bench/RESULTS.md has why they are not applied by default).
+
+        Hidden channels by activation go the other way, largest last: a sub-network's LayerNorm normalises
+        over its leading channels only, and the few outlier channels that carry most of the stream's
+        magnitude would distort that normalisation for every channel kept beside them."""
+        def rank(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
+            return torch.argsort(scores, dim=-1, descending=descending, stable=True)
 
         def inside(scores: torch.Tensor) -> torch.Tensor:
             return rank(scores) if within_heads else torch.arange(scores.shape[-1]).expand_as(scores).clone()
 
-        return ModelOrder(rank(self.hidden), [
+        return ModelOrder(rank(self.hidden, descending=self.estimator != "activation"), [
             LayerOrder(rank(self.heads[i]), inside(self.qk_dims[i]), inside(self.v_dims[i]), rank(self.ffn[i]))
             for i in range(len(self.layers))])
 

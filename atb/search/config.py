@@ -14,6 +14,7 @@ class SearchConfig:
     """Search sub-architectures of a SuperPLM for one or more latency targets (evolution, random or fast)."""
 
     checkpoint: str = ""  # SuperPLM folder, or an atb DeepSpeed checkpoint dir of any ZeRO stage
+    trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     out_dir: str = "runs/search"  # state, journal, results.json, candidates.jsonl, pareto.png; re-run to resume
     targets: list[str] = field(default_factory=list)  # e.g. 4x,8x (speed-ups over the largest arch) or 12ms,20ms
     predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy: targets as 4x or in GFLOPs)
@@ -34,12 +35,13 @@ class SearchConfig:
     seed: int = 0  # of the proposals (evolution, random sampling)
     # fitness
     fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
-    corpus: list[str] = field(default_factory=lambda: ["demo"])  # the pre-training corpus (its dev split is held out)
+    # the data settings below default to those the checkpoint recorded when it was pre-trained
+    corpus: list[str] | None = None  # the pre-training corpus (its dev split is held out from training)
     dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
-    tokenizer: str = ""  # default: the checkpoint's tokenizer
-    seq_len: int = 0  # 0: the checkpoint's
-    dev_fraction: float = 0.01  # must match pre-training so the dev blocks are really held out
-    data_seed: int = 0  # pre-training's --seed (it splits train/dev)
+    tokenizer: str | None = None  # default: the checkpoint's tokenizer
+    seq_len: int | None = None  # default: the checkpoint's
+    dev_fraction: float | None = None  # must match pre-training so the dev blocks are really held out
+    data_seed: int | None = None  # pre-training's --seed (it splits train/dev)
     batch_size: int = 16  # dev batch size of the loss fitness
     dev_batches: int = 0  # cap on dev batches per evaluation (0 = all)
     teacher: str | None = None  # kd: transformers encoder folder
@@ -73,7 +75,7 @@ class SearchConfig:
         if self.fitness == "finetune" and not self.task:
             raise ValueError("--fitness finetune needs --task (a task folder with train/dev files, or a built-in task)")
         for name in ("budget", "dev_batches", "stop_after_generation", "seq_len"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")

@@ -86,10 +86,10 @@ class DevLossFitness:
 KD_PROJECTION_FILE = "kd_projection.safetensors"
 
 
-def save_kd_projection(checkpoint: str | Path, folder: str | Path) -> bool:
+def save_kd_projection(checkpoint: str | Path, folder: str | Path, trust_checkpoint: bool = False) -> bool:
     """Copy the KD projection of a DeepSpeed checkpoint next to its consolidated SuperPLM folder."""
     state = {k.split("kd_projection.", 1)[1]: v.float().contiguous()
-             for k, v in consolidated_extras(checkpoint).items() if k.startswith("kd_projection.")}
+             for k, v in consolidated_extras(checkpoint, trust_checkpoint).items() if k.startswith("kd_projection.")}
     if state:
         save_file(state, str(Path(folder) / KD_PROJECTION_FILE))
     return bool(state)

@@ -122,6 +122,8 @@ class _Leader:
         self.journalled, self.journal_lines = read_journals(spec.out_dir)
         self.largest = proposer.space.largest()
         self._pending: dict[str, Any] = {}
+        # a re-run of a finished search has nothing to do and must not rewrite its outputs
+        self.was_complete = self.finished() and (spec.out_dir / "results.json").is_file()
 
     def finished(self) -> bool:
         return self.state.exhausted or self.state.generation >= self.proposer.total_generations
@@ -179,5 +181,8 @@ class _Leader:
                       {**self.spec.info, "world_size": world_size}, complete=self.finished(), plot=False)
 
     def finish(self) -> None:
+        if self.was_complete:
+            print(f"search: already complete: {self.spec.out_dir} holds a finished search; nothing was changed")
+            return
         write_outputs(self.spec.out_dir, self.state, self.proposer, self.largest,
                       {**self.spec.info, "world_size": self.world_size}, complete=self.finished(), plot=self.spec.plot)

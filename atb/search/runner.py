@@ -58,7 +58,7 @@ def consolidated_from(folder: Path) -> tuple[Any, Any]:
     return meta.get("source_checkpoint"), meta.get("step")
 
 
-def load_weights(checkpoint: str, out_dir: Path, comm: Comm):
+def load_weights(checkpoint: str, out_dir: Path, comm: Comm, trust_checkpoint: bool = False):
     """(model, meta, folder): every rank loads a SuperPLM folder; a DeepSpeed checkpoint is consolidated into
     one by rank 0 first (with the KD projection beside it, when the checkpoint trained one)."""
     from atb.model.supernet_io import is_supernet_folder, load_supernet, save_supernet
@@ -74,12 +74,12 @@ def load_weights(checkpoint: str, out_dir: Path, comm: Comm):
         try:
             source = str(path.resolve())
             if consolidated_from(folder) != (source, checkpoint_step(path)):  # a resumed search skips this
-                model, meta = load_supernet(path)
+                model, meta = load_supernet(path, trust_checkpoint)
                 save_supernet(model, folder, meta={**meta, "source_checkpoint": source}, overwrite=True)
                 if meta.get("objective") == "kd":
                     from atb.search.fitness import save_kd_projection
 
-                    save_kd_projection(path, folder)
+                    save_kd_projection(path, folder, trust_checkpoint)
         except Exception as err:  # tell the waiting ranks
             error = err
     message = comm.broadcast(str(error) if error else "")
@@ -88,6 +88,18 @@ def load_weights(checkpoint: str, out_dir: Path, comm: Comm):
     if message:
         raise ValueError(f"rank 0 could not consolidate {path}: {message}")
     return (*load_supernet(folder), folder)
+
+
+SEARCH_DATA_FIELDS = {"corpus": ("corpus", "demo"), "dev_fraction": ("dev_fraction", 0.01),
+                      "data_seed": ("data_seed", 0), "seq_len": ("seq_len", 128), "tokenizer": ("tokenizer", None)}
+
+
+def adopt_search_data(cfg: SearchConfig, meta: dict[str, Any], announce: bool) -> None:
+    """Score candidates on the SuperPLM's own dev split unless flags say otherwise."""
+    from atb.train.recorded_data import adopt_recorded_data
+
+    adopt_recorded_data(cfg, meta, SEARCH_DATA_FIELDS, cfg.checkpoint, "search", announce,
+                        need_corpus=cfg.fitness != "finetune" and not cfg.dev_data)
 
 
 def tokenizer_path(cfg: SearchConfig, meta: dict[str, Any]) -> str:
@@ -160,7 +172,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     cfg.validate()
     comm, device = start_ranks()
     out_dir = Path(cfg.out_dir)
-    model, meta, weights = load_weights(cfg.checkpoint, out_dir, comm)
+    model, meta, weights = load_weights(cfg.checkpoint, out_dir, comm, cfg.trust_checkpoint)
+    adopt_search_data(cfg, meta, comm.rank == 0)
     model = model.to(device).eval()
     space = model.space
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))

@@ -63,17 +63,32 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     steps = sorted(int(m.group(1)) for p in ckpt_dir.iterdir()
                    if (m := TAG_RE.match(p.name)) and (p / COMPLETE).is_file())
     for step in steps[:-keep_last]:
+        # the record goes first: a prune killed midway leaves an incomplete folder that start-up removes
+        (ckpt_dir / tag_for(step) / COMPLETE).unlink(missing_ok=True)
         shutil.rmtree(ckpt_dir / tag_for(step), ignore_errors=True)
         shutil.rmtree(ckpt_dir / f"{tag_for(step)}_universal", ignore_errors=True)
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
     """The tag to resume from, validated; None when the directory holds no checkpoint yet."""
-    latest = ckpt_dir / LATEST
-    if not latest.is_file():
+    if not (ckpt_dir / LATEST).is_file():
         return None
-    tag = latest.read_text().strip()
+    tag = read_latest(ckpt_dir)
     validate(ckpt_dir / tag)
+    return tag
+
+
+def read_latest(ckpt_dir: Path) -> str:
+    """The tag `latest` names: only a step folder beside it, never a path that leads elsewhere."""
+    latest = ckpt_dir / LATEST
+    raw = latest.read_bytes()
+    try:
+        tag = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        tag = None
+    if tag is None or not TAG_RE.match(tag):
+        raise CheckpointError(f"{latest} is corrupt: it holds {raw[:40]!r}, not the name of a step folder beside it "
+                              "(step<N>); write the newest complete step folder's name into it")
     return tag
 
 
@@ -100,10 +115,13 @@ def saved_world_size(ckpt_dir: Path, tag: str) -> int:
     return int(read_json(ckpt_dir / tag / COMPLETE, "checkpoint completion record")["world_size"])
 
 
-def ensure_universal(ckpt_dir: Path, tag: str, env: DistEnv) -> str:
+def ensure_universal(ckpt_dir: Path, tag: str, env: DistEnv, trust_checkpoint: bool = False) -> str:
     """Convert `tag` to DeepSpeed's universal format once (rank 0), for loading at another world size."""
     universal = f"{tag}_universal"
     if env.is_main and not (ckpt_dir / universal / COMPLETE).is_file():
+        from atb.train.trusted_load import check_pickles
+
+        check_pickles(ckpt_dir / tag, trust_checkpoint)  # the converter unpickles without restriction
         with atomic_dir(ckpt_dir / universal, overwrite=True) as tmp:
             cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                    str(ckpt_dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",

@@ -138,7 +138,7 @@ def ordered_source(source: Path, out: Path, importance_file: Path, estimator: st
         with_head = estimator == "taylor" and has_mlm_head(source)
         model = build_model(source, read_config(source), with_mlm_head=with_head).to(env.device)
         importance = compute_importance(model, batches, dims, estimator, _sum_over_ranks)
-        order = importance.order(within_heads=space.qkv is not None)
+        order = importance.order()
         if env.is_main:
             write_importance(importance_file, importance, order, source, source_hash, spec,
                              {**calibration, "samples": importance.samples})

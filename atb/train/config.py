@@ -30,11 +30,14 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 100  # optimizer steps of linear LR warmup
     grad_clip: float = 1.0  # gradient norm clipping (0: off)
+    max_weight: float = 1e4  # a step whose weights reach this |value| (or inf/nan) counts as diverged, is not saved
     ds_config: str = "zero2_bf16"  # name in ds_configs/ or a path
     # checkpoints and tracking
     save_every: int = 500  # checkpoint every N optimizer steps (and at the end)
     keep_last: int = 2  # checkpoints kept on disk (older ones are deleted)
     resume: str = "auto"  # auto: continue from out_dir/checkpoints if present | never | must
+    overwrite: bool = False  # a finished run: redo its final evaluation and exports (checkpoints are kept)
+    trust_checkpoint: bool = False  # load checkpoint pickles that could run code (only ones you trust)
     eval_every: int = 0  # dev loss of the largest and smallest arch every N steps (0: at the end only)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb or none; several: tensorboard,wandb
     wandb_project: str = "atb"  # W&B project (offline unless WANDB_MODE=online)
@@ -50,7 +53,7 @@ class TrainConfig:
         if self.resume not in ("auto", "never", "must"):
             raise ValueError(f"--resume must be auto, never or must, got {self.resume!r}")
         for name in ("steps", "micro_batch", "grad_accum", "seq_len", "save_every", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # None: taken from a SuperPLM
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 

@@ -13,7 +13,8 @@ import torch
 
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.supernet_io import load_weights_into
-from atb.train.checkpointing import COMPLETE, LATEST, CheckpointError, validate
+from atb.train.checkpointing import COMPLETE, LATEST, CheckpointError, read_latest, validate
+from atb.train.trusted_load import trusted_checkpoint
 
 SUPERNET_PREFIX = "supernet."
 
@@ -21,14 +22,14 @@ SUPERNET_PREFIX = "supernet."
 def resolve(path: Path) -> tuple[Path, str]:
     """(checkpoint root, tag) from either the root (follows `latest`) or a tag folder."""
     if (path / LATEST).is_file():
-        return path, (path / LATEST).read_text().strip()
+        return path, read_latest(path)
     if (path / COMPLETE).is_file():
         return path.parent, path.name
     raise CheckpointError(f"{path} is neither a SuperPLM folder nor an atb DeepSpeed checkpoint "
                           f"(no supernet.json, '{LATEST}' or {COMPLETE})")
 
 
-def load_deepspeed_supernet(path: str | Path) -> tuple[SuperBert, dict[str, Any]]:
+def load_deepspeed_supernet(path: str | Path, trust_checkpoint: bool = False) -> tuple[SuperBert, dict[str, Any]]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     root, tag = resolve(Path(path))
@@ -37,7 +38,10 @@ def load_deepspeed_supernet(path: str | Path) -> tuple[SuperBert, dict[str, Any]
         raise CheckpointError(f"checkpoint {root / tag} does not record its SuperBert config")
     model = SuperBert(SuperBertConfig.from_dict(record["supernet_config"]))
     try:
-        full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        with trusted_checkpoint(root / tag, trust_checkpoint):
+            full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    except CheckpointError:
+        raise
     except Exception as err:  # DeepSpeed raises assorted errors for damaged shards
         raise CheckpointError(f"could not consolidate checkpoint {root / tag}: {err}") from None
     state = {k[len(SUPERNET_PREFIX):]: v.float() for k, v in full.items() if k.startswith(SUPERNET_PREFIX)}
@@ -47,10 +51,11 @@ def load_deepspeed_supernet(path: str | Path) -> tuple[SuperBert, dict[str, Any]
     return model.eval(), meta
 
 
-def consolidated_extras(path: str | Path) -> dict[str, torch.Tensor]:
+def consolidated_extras(path: str | Path, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Trained weights outside the supernet (e.g. the KD projection), for continuing training elsewhere."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     root, tag = resolve(Path(path))
-    full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    with trusted_checkpoint(root / tag, trust_checkpoint):
+        full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
     return {k: v for k, v in full.items() if not k.startswith(SUPERNET_PREFIX)}

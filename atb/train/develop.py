@@ -25,6 +25,7 @@ from atb.train.develop_export import export_students
 from atb.train.job import Job
 from atb.train.objectives import Teacher
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.recorded_data import adopt_recorded_data
 from atb.train.students import Students
 
 
@@ -43,6 +44,12 @@ class DevelopConfig(TrainConfig):
     steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
     lr: float = 5e-5  # peak learning rate (linear warmup, then linear decay)
     warmup_steps: int = 50  # optimizer steps of linear LR warmup
+    # unset: the data settings the SuperPLM recorded when it was pre-trained
+    corpus: list[str] | None = None  # the pre-training corpus
+    tokenizer: str | None = None  # tokenizer folder
+    seq_len: int | None = None  # tokens per block
+    dev_fraction: float | None = None  # held-out share of the corpus blocks
+    seed: int | None = None  # pre-training's --seed (it splits train/dev and orders the data)
 
     def validate(self) -> None:
         super().validate()
@@ -52,6 +59,10 @@ class DevelopConfig(TrainConfig):
             raise ValueError("give exactly one of --archs, --results or --targets")
         if self.targets and not self.predictor:
             raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
+
+
+DEVELOP_DATA_FIELDS = {"corpus": ("corpus", "demo"), "tokenizer": ("tokenizer", "demo"), "seq_len": ("seq_len", 128),
+                       "dev_fraction": ("dev_fraction", 0.01), "seed": ("data_seed", 0)}
 
 
 @dataclass(frozen=True)
@@ -127,10 +138,9 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
     env = init_distributed()
     out = Path(cfg.out_dir)
-    supernet, meta = load_supernet(cfg.supernet)
+    supernet, meta = load_supernet(cfg.supernet, cfg.trust_checkpoint)
+    adopt_recorded_data(cfg, meta, DEVELOP_DATA_FIELDS, cfg.supernet, "develop", env.is_main)
     picks = picks_from_config(cfg, supernet)
-    if cfg.tokenizer == "auto":
-        cfg.tokenizer = meta.get("tokenizer") or "demo"  # the tokenizer the SuperPLM was trained with
     if cfg.objective == "auto":  # the SuperPLM's own objective, and its teacher when it was distilled
         cfg.objective = meta.get("objective", "mlm")
         cfg.teacher = cfg.teacher or (meta.get("teacher") if cfg.objective == "kd" else None)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from atb.fsutil import write_text_atomic
 from atb.tracking import Tracker, progress
 from atb.train.distributed import DistEnv
+from atb.train.divergence import Diverged
 from atb.train.job import Job
 
 
@@ -86,9 +87,8 @@ def run_loop(engine, env: DistEnv, batches: Iterator[dict[str, torch.Tensor]], j
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps({"step": done, **values}) + "\n")
         if not math.isfinite(values["loss"]):  # the same mean on every rank: all stop together
-            raise ValueError(f"the training loss is {values['loss']} at step {done}: the run diverged. Nothing "
-                             f"was saved from this step on; resume from the last checkpoint with a lower --lr "
-                             f"or stronger clipping (--grad_clip)")
+            raise Diverged(f"the training loss is {values['loss']} at step {done}: the run diverged and nothing "
+                           f"was saved from this step on; re-run with a lower --lr or stronger clipping (--grad_clip)")
         if spec.eval_every and done % spec.eval_every == 0 and done != end:
             tracker.log(job.evaluate(engine), done)
         if done % spec.save_every == 0 or done == end:
@@ -115,6 +115,15 @@ def truncate_metrics(metrics_file: Path, from_step: int) -> None:
     """On resume, forget logged steps after the checkpoint (they will be recomputed identically)."""
     if not metrics_file.is_file():
         return
-    kept = [line for line in metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= from_step]
+    lines = [line for line in metrics_file.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # the last line was torn by a kill mid-write: it is recomputed
+            raise ValueError(f"{metrics_file} line {number} is corrupt ({line[:60]!r}); delete that line") from None
+        if step <= from_step:
+            kept.append(line)
     write_text_atomic(metrics_file, "".join(line + "\n" for line in kept))

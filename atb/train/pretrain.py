@@ -22,6 +22,7 @@ from atb.train.distributed import DistEnv, init_distributed
 from atb.train.job import Job
 from atb.train.module import SuperPLMTrainModule
 from atb.train.objectives import Teacher, check_teacher_fits
+from atb.train.recorded_data import absolute_corpus
 from atb.train.sampling import ArchSampler
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 
@@ -88,7 +89,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     record = {"supernet_config": model.config.to_dict(), "objective": cfg.objective,
               "tokenizer": str((out / "tokenizer").resolve()), "seq_len": cfg.seq_len,
               # what later jobs need to hold out exactly the same dev blocks
-              "corpus": cfg.corpus, "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed,
+              "corpus": absolute_corpus(cfg.corpus), "dev_fraction": cfg.dev_fraction, "data_seed": cfg.seed,
               "teacher": str(Path(cfg.teacher).resolve()) if cfg.teacher else None, **compress.record(cfg, ordered)}
     job = PretrainJob(module, record, teacher, sampler, dev, env, out / "supernet")
     return run_session(cfg, env, tokenizer, blocks, job, config)

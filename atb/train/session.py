@@ -21,7 +21,7 @@ import torch.distributed as dist
 from atb.cli import config_record
 from atb.data import build_blocks, check_vocab_compatible, load_corpus, load_tokenizer, make_batches, train_wordpiece
 from atb.tracking import Tracker
-from atb.train import checkpointing, ds_config
+from atb.train import checkpointing, completion, divergence, ds_config, litter
 from atb.train.config import TrainConfig
 from atb.train.distributed import DistEnv, barrier
 from atb.train.job import Job
@@ -75,7 +75,7 @@ def find_resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv, config: dict
     saved_world = checkpointing.saved_world_size(ckpt_dir, tag)
     if saved_world != env.world_size:
         # DeepSpeed partitions optimizer state by rank; the universal format re-partitions it
-        tag = checkpointing.ensure_universal(ckpt_dir, tag, env)
+        tag = checkpointing.ensure_universal(ckpt_dir, tag, env, cfg.trust_checkpoint)
         config.setdefault("checkpoint", {})["load_universal"] = True
     return tag
 
@@ -93,14 +93,26 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
 
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
+    done = None if cfg.overwrite else completion.finished_summary(out, cfg.steps)
+    if done is not None:
+        completion.report_complete(job.name, out, f"a finished run of {cfg.steps} steps", env.is_main)
+        return {"last_step": cfg.steps, "losses": {}, "eval": done.get("final_eval", {}),
+                "digests": done.get("param_digest_per_rank", [])}
+    if env.is_main:
+        for action in litter.sweep(out):
+            print(f"{job.name}: {action} (left by an interrupted run)")
     tag = find_resume_tag(cfg, ckpt_dir, env, config)
     engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
     start_step = 0
     if tag is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        from atb.train.trusted_load import trusted_checkpoint
+
+        with trusted_checkpoint(ckpt_dir / tag, cfg.trust_checkpoint):
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if client is None:
             raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
         start_step = int(client["step"])
+        divergence.apply_configured_lr(engine)
 
     record = {**config_record(cfg), "job": job.name, "ds_config": config, "world_size": env.world_size,
               "resumed_from": tag}
@@ -115,13 +127,16 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
                            cfg.seed, start_step)
 
     def save(step: int) -> None:
+        divergence.check_weights(engine, step, cfg.max_weight)
         checkpointing.save(engine, ckpt_dir, step, {"step": step, "run": dataclasses.asdict(cfg)}, cfg.keep_last, env,
                            record=job.checkpoint_record)
 
     spec = LoopSpec(steps=cfg.steps, start_step=start_step, stop_at_step=cfg.stop_at_step, grad_accum=cfg.grad_accum,
                     save_every=cfg.save_every, log_every=cfg.log_every, eval_every=cfg.eval_every, seed=cfg.seed)
-    result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
-    final_eval = job.evaluate(engine) if result.last_step > start_step else {}
+    with divergence.naming_last_good(ckpt_dir):
+        result = run_loop(engine, env, batches, job, spec, tracker, save, metrics_file)
+    # a run resumed at its final step (killed during export) evaluates again: the exports need the figures
+    final_eval = job.evaluate(engine) if result.last_step > start_step or result.last_step == cfg.steps else {}
     tracker.log(final_eval, result.last_step)
     if result.last_step == cfg.steps:
         barrier()
