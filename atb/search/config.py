@@ -17,6 +17,7 @@ class SearchConfig:
     out_dir: str = "runs/search"  # state, journal, results.json, candidates.jsonl, pareto.png; re-run to resume
     targets: str = ""  # comma-separated: '4x,8x' (speed-up over the largest arch) or '12ms,20ms'
     predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy; targets as 'Nx')
+    runtime: str = ""  # if given, the predictor must be of this runtime (torch, onnxruntime, onnxruntime-int8)
     band_low: float = 0.85  # an arch is a candidate for target T if its predicted latency is in
     band_high: float = 1.1  # [band_low * T, band_high * T] (the paper's band)
     method: str = "evolution"  # evolution | random | fast (the paper's AutoTinyBERT-Fast rule)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from atb.deploy.runtime import check_same_runtime
 from atb.search.config import SearchConfig
 from atb.search.evolution import Proposer
 from atb.search.loop import LoopSpec, run_search_loop
@@ -169,6 +170,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     space = model.space
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
     predictor = load_predictor(cfg.predictor, seq_len)
+    if cfg.runtime:  # the FLOPs proxy has no runtime, so it matches none
+        check_same_runtime(getattr(predictor, "runtime", "flops"), cfg.runtime, f"latency predictor {cfg.predictor}")
     oracle = LatencyOracle(predictor)
     targets = resolve_targets(cfg.target_list(), predictor, space, cfg.band(), oracle)
     fitness = build_fitness(cfg, model, meta, weights, device, out_dir, comm.rank)
@@ -177,7 +180,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     info = {"method": cfg.method, "fitness": {"name": fitness.name, "higher_is_better": fitness.higher_is_better},
             "settings": proposer.settings.to_dict(), "band": [cfg.band_low, cfg.band_high], "seed": cfg.seed,
             "space": space.name, "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.get("step"),
-            "predictor": cfg.predictor, "latency_units": getattr(predictor, "units", "ms"), "config": asdict(cfg)}
+            "predictor": cfg.predictor, "latency_units": getattr(predictor, "units", "ms"),
+            "runtime": getattr(predictor, "runtime", None), "config": asdict(cfg)}
     spec = LoopSpec(out_dir=out_dir, seed=cfg.seed, fingerprint=fingerprint(cfg, proposer, space.to_spec(), meta,
                                                                             fitness.name),
                     info=info, stop_after_generation=cfg.stop_after_generation, seq_len=seq_len,
