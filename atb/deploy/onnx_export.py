@@ -60,6 +60,7 @@ def head_of(config: Any) -> str:
 def load_served_model(folder: str | Path, head: str = "auto") -> tuple[nn.Module, str]:
     """The folder's model as it is served (eval mode), with atb's own TinyBert classes, not remote code."""
     from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
 
     from atb.model import tiny
 
@@ -78,7 +79,12 @@ def load_served_model(folder: str | Path, head: str = "auto") -> tuple[nn.Module
         classes = {"encoder": AutoModel, "classifier": AutoModelForSequenceClassification,
                    "qa": AutoModelForQuestionAnswering}
     extra = {"add_pooling_layer": False} if head == "encoder" else {}
-    model = classes[head].from_pretrained(str(folder), config=config, **extra)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # an encoder read from an MLM folder leaves the MLM head unused
+    try:
+        model = classes[head].from_pretrained(str(folder), config=config, **extra)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     return model.eval(), head
 
 
