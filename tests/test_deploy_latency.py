@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -93,3 +94,35 @@ def test_folder_latency_on_each_runtime_and_stale_refused(tmp_path):
     save_file(state, str(weights), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="stale"):
         measure_folder_latency(folder, "onnxruntime-int8", QUICK)
+
+
+def _predictor(runtime: str, seq: int = 16):
+    from atb.latency.predictor import FitOptions
+
+    space = SearchSpace.load("tiny")
+    archs = sample_archs(space, 10, seed=2)
+    ms = [0.05 + a.layers * a.hidden * (a.qkv + a.ffn) * 1e-6 for a in archs]
+    settings = dataclasses.replace(MeasureSettings(seq=seq), runtime=runtime).identity()
+    return LatencyPredictor.fit(archs, ms, space.to_spec(), settings, options=FitOptions(ensemble=1, ridge=1e-2))
+
+
+def test_develop_measures_on_the_predictors_runtime_and_flags_a_missed_target(tmp_path):
+    from atb.train.develop_export import latency_check, summary_table
+    from test_onnx_export import TINYBERT, make_export
+
+    folder = make_export(tmp_path, TINYBERT, "encoder")
+    int8 = _predictor("onnxruntime-int8")
+    predicted = float(int8.predict([TINYBERT])[0])
+    missed = latency_check(folder, "0.001ms", predicted, int8)  # a budget no model meets
+    assert missed["runtime"] == "onnxruntime-int8" and missed["measured_ms"] > 0 and missed["misses_target"]
+    assert missed["target_ms"] == 0.001
+    assert missed["prediction_error"] == pytest.approx(missed["measured_ms"] / predicted - 1, abs=1e-4)
+    record = json.loads((folder / "atb_arch.json").read_text())["onnx"]
+    assert record["int8"] == "model.int8.onnx" and (folder / "model.int8.onnx").is_file()
+    met = latency_check(folder, "1000ms", None, _predictor("torch"))
+    assert met["runtime"] == "torch" and not met["misses_target"] and met["prediction_error"] is None
+    rows = [{**base, "arch_name": name, "target": target, "params": 1e6, "flops": 1e9, "predicted_ms": predicted,
+             "speedup_vs_largest": None, "dev_loss": None}
+            for name, target, base in (("A", "0.001ms", missed), ("B", "1000ms", met))]
+    table = summary_table(rows)
+    assert "MISSES" in table and "| ok (" in table and "target missed" in table and "A" in table.split("missed")[-1]
