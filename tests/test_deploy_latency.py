@@ -106,6 +106,17 @@ def _predictor(runtime: str, seq: int = 16):
     return LatencyPredictor.fit(archs, ms, space.to_spec(), settings, options=FitOptions(ensemble=1, ridge=1e-2))
 
 
+def test_search_refuses_a_predictor_of_another_runtime(tmp_path):
+    from atb.search.targets import load_predictor
+
+    _predictor("onnxruntime-int8").save(tmp_path / "p")
+    assert load_predictor(str(tmp_path / "p"), 16, "onnxruntime-int8").runtime == "onnxruntime-int8"
+    with pytest.raises(ValueError, match="measured on runtime 'onnxruntime-int8', but runtime 'torch'"):
+        load_predictor(str(tmp_path / "p"), 16, "torch")
+    with pytest.raises(ValueError, match="not the FLOPs proxy"):
+        load_predictor("flops", 16, "onnxruntime")
+
+
 def test_develop_measures_on_the_predictors_runtime_and_flags_a_missed_target(tmp_path):
     from atb.train.develop_export import latency_check, summary_table
     from test_onnx_export import TINYBERT, make_export

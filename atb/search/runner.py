@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from atb.deploy.runtime import check_same_runtime
 from atb.search.config import SearchConfig
 from atb.search.evolution import Proposer
 from atb.search.loop import LoopSpec, run_search_loop
@@ -169,9 +168,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     model = model.to(device).eval()
     space = model.space
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
-    predictor = load_predictor(cfg.predictor, seq_len)
-    if cfg.runtime:  # the FLOPs proxy has no runtime, so it matches none
-        check_same_runtime(getattr(predictor, "runtime", "flops"), cfg.runtime, f"latency predictor {cfg.predictor}")
+    predictor = load_predictor(cfg.predictor, seq_len, cfg.runtime)
     oracle = LatencyOracle(predictor)
     targets = resolve_targets(cfg.target_list(), predictor, space, cfg.band(), oracle)
     fitness = build_fitness(cfg, model, meta, weights, device, out_dir, comm.rank)

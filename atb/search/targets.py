@@ -73,13 +73,19 @@ class FlopsProxy:
                          for a in archs])
 
 
-def load_predictor(spec: str, seq_len: int) -> Predictor:
-    """`flops` (the proxy above) or a saved atb latency predictor."""
+def load_predictor(spec: str, seq_len: int, runtime: str = "") -> Predictor:
+    """`flops` (the proxy above) or a saved atb latency predictor; with `runtime`, one measured on it."""
+    from atb.deploy.runtime import check_same_runtime
+
     if spec == "flops":
+        if runtime:
+            raise ValueError(f"--runtime {runtime} needs a latency predictor measured on it, not the FLOPs proxy")
         return FlopsProxy(seq_len)
     from atb.latency.predictor import LatencyPredictor
 
-    return LatencyPredictor.load(spec)
+    predictor = LatencyPredictor.load(spec)
+    check_same_runtime(predictor.runtime, runtime, f"latency predictor {spec}")
+    return predictor
 
 
 _RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$", re.IGNORECASE)
