@@ -118,13 +118,14 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     options = FitOptions(terms=cfg.terms, ridge=cfg.ridge, ensemble=cfg.ensemble, seed=cfg.seed)
     result = fit_and_evaluate(rows, cfg.table, cfg.test_fraction, cfg.seed, cfg.statistic, options, cfg.refit_all)
     result.predictor.save(cfg.out, overwrite=cfg.overwrite)
-    print(format_metrics(result.metrics))
+    print(f"runtime {rows[0]['settings']['runtime']}: " + format_metrics(result.metrics))
     if cfg.plot:
         from atb.latency.plot import plot_fit
 
         settings = rows[0]["settings"]
         title = (f"{rows[0]['space'].get('name')} space, {rows[0]['device'].get('name')}, "
-                 f"threads={settings.get('threads')}, batch={settings['batch']}, seq={settings['seq']}")
+                 f"threads={settings.get('threads')}, batch={settings['batch']}, seq={settings['seq']}, "
+                 f"{settings['runtime']}")
         png = plot_fit(result, Path(cfg.out) / "fit.png", title)
         if png:
             print(f"plot: {png}")
