@@ -11,7 +11,6 @@ served, as if it were the model).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -67,8 +66,10 @@ def load_served_model(folder: str | Path, head: str = "auto") -> tuple[nn.Module
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not an exported model folder (no config.json)")
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False) \
-        if _model_type(folder) != tiny.TinyBertConfig.model_type else tiny.TinyBertConfig.from_pretrained(str(folder))
+    if _model_type(folder) == tiny.TinyBertConfig.model_type:  # atb's own classes, never the folder's code
+        config = tiny.TinyBertConfig.from_pretrained(str(folder))
+    else:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     head = head_of(config) if head == "auto" else head
     if head not in HEADS:
         raise ValueError(f"head must be 'auto' or one of {', '.join(HEADS)}, got {head!r}")
@@ -187,7 +188,7 @@ def onnx_file(folder: str | Path, runtime: str = ORT_FP32) -> Path:
     if check_runtime(runtime) not in (ORT_FP32, ORT_INT8):
         raise ValueError(f"runtime {runtime!r} has no ONNX file")
     arch_json = folder / ARCH_JSON
-    record = json.loads(arch_json.read_text()).get("onnx") if arch_json.is_file() else None
+    record = read_json(arch_json, "arch record").get("onnx") if arch_json.is_file() else None
     name = (record or {}).get("int8" if runtime == ORT_INT8 else "fp32")
     hint = EXPORT_COMMAND.format(folder=folder) + (" --int8 true" if runtime == ORT_INT8 else "")
     if not name or not (folder / name).is_file():
