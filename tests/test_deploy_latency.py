@@ -132,6 +132,8 @@ def test_develop_measures_on_the_predictors_runtime_and_flags_a_missed_target(tm
     assert record["int8"] == "model.int8.onnx" and (folder / "model.int8.onnx").is_file()
     met = latency_check(folder, "1000ms", None, _predictor("torch"))
     assert met["runtime"] == "torch" and not met["misses_target"] and met["prediction_error"] is None
+    label = latency_check(folder, "4x (BERT-ratio)", None, _predictor("torch"))  # a label, not a latency
+    assert label["target_ms"] is None and not label["misses_target"] and label["measured_ms"] > 0
     rows = [{**base, "arch_name": name, "target": target, "params": 1e6, "flops": 1e9, "predicted_ms": predicted,
              "speedup_vs_largest": None, "dev_loss": None}
             for name, target, base in (("A", "0.001ms", missed), ("B", "1000ms", met))]
