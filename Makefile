@@ -15,7 +15,7 @@ TEST_ENV := DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 WANDB_MODE=disabled HF_DATASETS
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN) -e '.[dev,demo]'
+	$(PY) -m pip install -q $(TORCH_PIN) -e '.[dev,demo,onnx]'
 	touch $@
 
 install: $(INSTALL)

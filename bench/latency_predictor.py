@@ -4,6 +4,7 @@ Kendall tau >= 0.9, better than linear), with the noise floor the figures should
     .venv/bin/python bench/latency_predictor.py                      # demo and mlm spaces, 80 archs each
     .venv/bin/python bench/latency_predictor.py --quick              # smoke run (tiny space, seconds)
     .venv/bin/python bench/latency_predictor.py --out_dir runs/lat   # keep (and resume) the tables
+    .venv/bin/python bench/latency_predictor.py --runtime onnxruntime-int8   # the ORT int8 runtime
 
 Per space: measure N stratified archs (the paper's setting: CPU, 1 thread, batch 1, seq 128; the
 exported model, probe-normalised thread CPU time, see atb/latency/measure.py), hold out 25 % (the space's
@@ -35,22 +36,25 @@ from atb.latency.predictor import FitOptions
 from atb.latency.table import latencies
 
 
-def bench_space(space: str, n: int, seq: int, repeats: int, out_dir: Path, seed: int, retest: bool) -> dict:
-    print(f"\n== {space}: {n} archs, seq {seq}, batch 1, 1 thread  [{machine_line()}]", flush=True)
+def bench_space(space: str, n: int, seq: int, repeats: int, out_dir: Path, seed: int, retest: bool,
+                runtime: str = "torch") -> dict:
+    print(f"\n== {space}: {n} archs, seq {seq}, batch 1, 1 thread, runtime {runtime}  [{machine_line()}]", flush=True)
     start = time.time()
     shared_machine = {"clock": "auto", "probe": True}  # opt in: this bench runs on a machine others use too
-    measure = MeasureConfig(space=space, n=n, seed=seed, seq=seq, repeats=repeats, out=str(out_dir / f"{space}.jsonl"),
-                            **shared_machine)
+    stem = space if runtime == "torch" else f"{space}_{runtime}"
+    measure = MeasureConfig(space=space, n=n, seed=seed, seq=seq, repeats=repeats, out=str(out_dir / f"{stem}.jsonl"),
+                            runtime=runtime, **shared_machine)
     rows = run_measure(measure)
     measured_s = time.time() - start
     result = fit_and_evaluate(rows, measure.out, test_fraction=0.25, seed=seed, options=FitOptions(seed=seed))
     print(format_metrics(result.metrics))
-    png = plot_fit(result, out_dir / f"{space}_fit.png", f"{space} space, held-out archs in red")
+    png = plot_fit(result, out_dir / f"{stem}_fit.png", f"{space} space, {runtime}, held-out archs in red")
     figures = {"space": space, "metrics": result.metrics, "measure_s": measured_s, "plot": png}
     if retest:
         test_archs = [result.archs[i] for i in result.test]
         second = run_measure(MeasureConfig(space=space, seq=seq, repeats=repeats, archs=[a.name for a in test_archs],
-                                           out=str(out_dir / f"{space}_retest.jsonl"), **shared_machine))
+                                           out=str(out_dir / f"{stem}_retest.jsonl"), runtime=runtime,
+                                           **shared_machine))
         first_rows = [rows[i] for i in result.test]
         _, both = latencies(first_rows + second)  # one probe scale for both passes
         first_ms, second_ms = np.array(both[:len(first_rows)]), np.array(both[len(first_rows):])
@@ -77,13 +81,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_retest", action="store_true", help="skip re-measuring the held-out archs")
     parser.add_argument("--out_dir", default=None, help="keep tables and plots here (re-running resumes)")
+    parser.add_argument("--runtime", default="torch", help="torch, onnxruntime or onnxruntime-int8")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny space, 16 archs, seq 32")
     args = parser.parse_args()
     if args.quick:
         args.spaces, args.n, args.seq, args.repeats = "tiny", 16, 32, 5
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="latency_bench_"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [bench_space(s, args.n, args.seq, args.repeats, out_dir, args.seed, not args.no_retest)
+    results = [bench_space(s, args.n, args.seq, args.repeats, out_dir, args.seed, not args.no_retest, args.runtime)
                for s in args.spaces.split(",")]
 
     print("\n| space | archs (train/test) | predictor MAPE | linear MAPE | predictor tau | linear tau | "

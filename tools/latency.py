@@ -6,6 +6,8 @@
         --reference bert-base --targets 12ms,4x
 
 Defaults follow the paper: CPU, 1 thread, batch 1, sequence 128. `--device cuda` times with CUDA events.
+`--runtime onnxruntime` or `onnxruntime-int8` times each arch exported to ONNX (int8: dynamically quantized)
+in ONNX Runtime instead of PyTorch eager; the table and its predictor carry the runtime (needs atb[onnx]).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ SIZES = {
     # the source and five or six students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=4, develop_steps=20, finetune_epochs=2.0,
-                  finetune_train=2000, finetune_eval=500),
+                  finetune_train=1000, finetune_eval=500),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
@@ -100,18 +100,19 @@ def tool(name: str, *args: Any, ranks: int = 1, threads: int | None = None) -> N
     _run(name, cmd + [str(a) for a in args], threads)
 
 
-def module(args: list[Any]) -> None:
-    """Run `python -m <module> <args>`, output streaming to the console."""
-    _run(str(args[0]), [sys.executable, "-m"] + [str(a) for a in args], None)
-
-
 def _run(name: str, cmd: list[str], threads: int | None) -> None:
+    _run_together(name, [cmd], threads)
+
+
+def _run_together(name: str, cmds: list[list[str]], threads: int | None) -> None:
+    """Start every command, wait for all; the stage fails if any of them does."""
     env = _env()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(cmd, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        sys.exit(f"demo: stage '{name}' failed (exit {proc.returncode}): {' '.join(cmd)}")
+    procs = [(cmd, subprocess.Popen(cmd, env=env, cwd=REPO)) for cmd in cmds]
+    for cmd, proc in procs:
+        if proc.wait() != 0:
+            sys.exit(f"demo: stage '{name}' failed (exit {proc.returncode}): {' '.join(cmd)}")
 
 
 class Stages:
@@ -184,11 +185,17 @@ class Stages:
                     runs.append({"model": path, "task": task, "out_dir": str(dest),
                                  "epochs": s.finetune_epochs, "max_train_samples": s.finetune_train,
                                  "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": s.finetune_lr,
-                                 "batch_size": 32, "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
-        spec = self.out / "finetune" / "runs.json"
-        spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps(runs, indent=1))
-        module(["atb.demo.finetune_models", spec])
+                                 "batch_size": 32, "freeze_embeddings": True, "group_by_length": True,
+                                 "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
+        # one single-threaded process per core: small models use a core better than two threads do
+        workers = max(1, min(os.cpu_count() or 1, len(runs)))
+        cmds = []
+        for i in range(workers):
+            spec = self.out / "finetune" / f"runs_{i}.json"
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            spec.write_text(json.dumps(runs[i::workers], indent=1))
+            cmds.append([sys.executable, "-m", "atb.demo.finetune_models", str(spec)])
+        _run_together("finetune", cmds, threads=1)
 
 
 def finetuned_models(out: Path, source: str) -> dict[str, str]:

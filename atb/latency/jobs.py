@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atb.deploy.runtime import check_same_runtime
 from atb.latency.evaluation import fit_and_evaluate, format_metrics
 from atb.latency.measure import MeasureSettings, default_model_config, device_description, measure_latency
 from atb.latency.predictor import FitOptions, LatencyPredictor
@@ -41,11 +42,13 @@ class MeasureConfig:
     max_repeats: int = 500  # ... but never more than this many forwards
     vocab_size: int = 30522  # vocabulary of the timed models (counts in params, not in latency)
     progress: bool = True  # show a progress bar
+    runtime: str = "torch"  # torch (eager), onnxruntime (fp32) or onnxruntime-int8: what serves the model
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(device=self.device, threads=self.threads, batch=self.batch, seq=self.seq,
                                dtype=self.dtype, clock=self.clock, probe=self.probe, warmup=self.warmup,
-                               repeats=self.repeats, min_time_s=self.min_time_s, max_repeats=self.max_repeats)
+                               repeats=self.repeats, min_time_s=self.min_time_s, max_repeats=self.max_repeats,
+                               runtime=self.runtime)
 
 
 def run_measure(cfg: MeasureConfig) -> list[dict[str, Any]]:
@@ -65,7 +68,7 @@ def run_measure(cfg: MeasureConfig) -> list[dict[str, Any]]:
     done = {r["arch_name"] for r in rows}
     missing = [a for a in archs if a.name not in done]
     print(f"latency table {out}: {len(archs) - len(missing)} of {len(archs)} archs already measured, "
-          f"measuring {len(missing)} on {settings.device} (threads={settings.threads}, batch={settings.batch}, "
+          f"measuring {len(missing)} on {settings.device}/{settings.runtime} (threads={settings.threads}, batch={settings.batch}, "
           f"seq={settings.seq}, clock={settings.resolved_clock})")
     model_config = default_model_config(settings.seq, cfg.vocab_size)
     bar = _progress(missing, cfg.progress)
@@ -102,6 +105,7 @@ class FitConfig:
     refit_all: bool = False  # save a predictor refitted on every row (metrics stay those of the split)
     plot: bool = True  # write fit.png (measured vs predicted)
     overwrite: bool = False  # replace an existing --out folder
+    runtime: str = ""  # if given, the table must have been measured on this runtime
 
 
 def run_fit(cfg: FitConfig) -> dict[str, Any]:
@@ -110,16 +114,18 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"predictor folder {cfg.out} already exists; choose another or pass --overwrite")
     rows = read_table(cfg.table)
+    check_same_runtime(rows[0]["settings"]["runtime"], cfg.runtime, f"latency table {cfg.table}")
     options = FitOptions(terms=cfg.terms, ridge=cfg.ridge, ensemble=cfg.ensemble, seed=cfg.seed)
     result = fit_and_evaluate(rows, cfg.table, cfg.test_fraction, cfg.seed, cfg.statistic, options, cfg.refit_all)
     result.predictor.save(cfg.out, overwrite=cfg.overwrite)
-    print(format_metrics(result.metrics))
+    print(f"runtime {rows[0]['settings']['runtime']}: " + format_metrics(result.metrics))
     if cfg.plot:
         from atb.latency.plot import plot_fit
 
         settings = rows[0]["settings"]
         title = (f"{rows[0]['space'].get('name')} space, {rows[0]['device'].get('name')}, "
-                 f"threads={settings.get('threads')}, batch={settings['batch']}, seq={settings['seq']}")
+                 f"threads={settings.get('threads')}, batch={settings['batch']}, seq={settings['seq']}, "
+                 f"{settings['runtime']}")
         png = plot_fit(result, Path(cfg.out) / "fit.png", title)
         if png:
             print(f"plot: {png}")
@@ -136,6 +142,7 @@ class PredictConfig:
     reference: str | None = None  # 'largest' (default), bert-base, or an arch name
     targets: list[str] | None = None  # also resolve latency targets such as 12ms or 4x
     allow_outside: bool = False  # predict archs outside the predictor's space (extrapolation)
+    runtime: str = ""  # if given, the predictor must have been fitted on this runtime
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
@@ -144,6 +151,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     if not cfg.archs and not cfg.targets:
         raise ValueError("nothing to do: give --archs and/or --targets")
     predictor = LatencyPredictor.load(cfg.predictor)
+    check_same_runtime(predictor.runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
     space = predictor.search_space()
     archs = [Arch.parse(a) for a in (cfg.archs or [])]
     if not cfg.allow_outside:
@@ -152,7 +160,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     ref_arch, ref_ms = reference_latency(predictor, space, cfg.reference)
     predicted = predictor.predict(archs, warn_outside=False) if archs else []
     result: dict[str, Any] = {"reference": {"arch": ref_arch.name, "ms": ref_ms}, "archs": [], "targets": {}}
-    print(f"reference {ref_arch.name}: {ref_ms:.3f} ms  ({predictor.device}, threads={predictor.threads}, "
+    print(f"reference {ref_arch.name}: {ref_ms:.3f} ms  ({predictor.device}/{predictor.runtime}, threads={predictor.threads}, "
           f"batch={predictor.batch}, seq={predictor.seq})")
     for arch, ms in zip(archs, predicted):
         result["archs"].append({"arch": arch.name, "ms": float(ms), "speedup": ref_ms / float(ms)})

@@ -22,10 +22,11 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from atb.deploy.runtime import TORCH, check_runtime, session_options
 from atb.latency import contention
 from atb.model.elastic import SuperBertConfig
 from atb.model.extract import new_masked_lm
@@ -49,6 +50,7 @@ class MeasureSettings:
     repeats: int = 20  # minimum number of timed forwards
     min_time_s: float = 0.2  # fast models repeat until this much time has been timed ...
     max_repeats: int = 500  # ... but never more than this many forwards
+    runtime: str = "torch"  # torch (eager), onnxruntime or onnxruntime-int8 (the model exported to ONNX)
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -62,6 +64,9 @@ class MeasureSettings:
             raise ValueError("warmup and min_time_s must be >= 0")
         if self.max_repeats < self.repeats:
             raise ValueError(f"max_repeats ({self.max_repeats}) must be >= repeats ({self.repeats})")
+        if check_runtime(self.runtime) != TORCH and (self.device != "cpu" or self.dtype != "float32"):
+            raise ValueError(f"runtime {self.runtime!r} is measured on device cpu with dtype float32 "
+                             f"(onnxruntime's CPU provider; it quantizes to int8 itself)")
         if self.clock not in ("auto", "cpu", "wall"):
             raise ValueError(f"clock must be 'auto', 'cpu' or 'wall', got {self.clock!r}")
         if self.clock == "cpu" and (self.device != "cpu" or self.threads != 1):
@@ -83,7 +88,7 @@ class MeasureSettings:
         """The settings that change what a latency means; rows that differ here cannot share a table."""
         return {"device": self.device, "threads": self.threads if self.device == "cpu" else None,
                 "batch": self.batch, "seq": self.seq, "dtype": self.dtype, "clock": self.resolved_clock,
-                "probe": self.uses_probe}
+                "probe": self.uses_probe, "runtime": self.runtime}
 
 
 @dataclass
@@ -139,6 +144,8 @@ def device_description(settings: MeasureSettings) -> dict[str, Any]:
     if settings.device == "cpu":
         desc["name"] = cpu_name()
         desc["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        if settings.runtime != TORCH:
+            desc["onnxruntime"] = session_options(settings.threads)[1]
     else:
         desc["name"] = torch.cuda.get_device_name(torch.device(settings.device))
         desc["cuda"] = torch.version.cuda
@@ -162,17 +169,32 @@ def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
         raise ValueError(f"device {settings.device!r} requested but CUDA is not available here")
     torch.manual_seed(seed)
     encoder = new_masked_lm(arch, model_config).bert.eval()
-    device = torch.device(settings.device)
-    encoder.to(device=device, dtype=getattr(torch, settings.dtype))
+    encoder.to(device=torch.device(settings.device), dtype=getattr(torch, settings.dtype))
+    inputs = random_inputs(model_config.vocab_size, settings, seed)
+    if settings.runtime != TORCH:
+        from atb.deploy.latency import onnx_forward
+
+        encoder = onnx_forward(encoder, "encoder", inputs, settings)
+    return time_forward(encoder, inputs, settings)
+
+
+def random_inputs(vocab_size: int, settings: MeasureSettings, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full (unpadded) batch of random tokens of the settings' shape, on the settings' device."""
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1, model_config.vocab_size, (settings.batch, settings.seq), generator=g)
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-              "token_type_ids": torch.zeros_like(input_ids).to(device)}
+    input_ids = torch.randint(1, vocab_size, (settings.batch, settings.seq), generator=g)
+    device = torch.device(settings.device)
+    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
+            "token_type_ids": torch.zeros_like(input_ids).to(device)}
+
+
+def time_forward(forward: Callable[..., Any], inputs: dict[str, torch.Tensor], settings: MeasureSettings
+                 ) -> Measurement:
+    """Time `forward(**inputs)` (a torch module, or anything called the same way) under `settings`."""
     before = contention.snapshot()
-    if device.type == "cuda":
-        times, extra = _time_cuda(encoder, inputs, settings), {}
+    if settings.device.startswith("cuda"):
+        times, extra = _time_cuda(forward, inputs, settings), {}
     else:
-        times, extra = _time_cpu(encoder, inputs, settings)
+        times, extra = _time_cpu(forward, inputs, settings)
     load = contention.other_load(before, contention.snapshot())
     return summarize(times, other_load=None if load is None else round(load, 4), **extra)
 

@@ -173,6 +173,10 @@ class LatencyPredictor:
         return self.settings.get("threads")
 
     @property
+    def runtime(self) -> str:
+        return self.settings.get("runtime", "torch")  # predictors from before runtimes: eager PyTorch
+
+    @property
     def batch(self) -> int:
         return self.settings["batch"]
 

@@ -73,6 +73,7 @@ def read_table(path: str | Path, allow_empty: bool = False) -> list[dict[str, An
                          f"(run `tools/latency.py measure --out {path}` first)")
     for row in rows:
         Arch.from_dict(row["arch"])
+        row["settings"].setdefault("runtime", "torch")  # tables from before runtimes were all eager PyTorch
     return rows
 
 

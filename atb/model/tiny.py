@@ -161,6 +161,10 @@ class TinyBertPooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
+def _exporting() -> bool:
+    return bool(getattr(torch.compiler, "is_exporting", lambda: False)())  # older torch: no torch.export
+
+
 class TinyBertPreTrainedModel(PreTrainedModel):
     config_class = TinyBertConfig
     base_model_prefix = "bert"
@@ -185,9 +189,10 @@ class TinyBertModel(TinyBertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        # A boolean mask keeps SDPA on its fused kernels; None (no padding) is cheaper still.
+        # A boolean mask keeps SDPA on its fused kernels; None (no padding) is cheaper still. An exported
+        # graph (ONNX) cannot branch on values, so it always takes the masked path, right for any input.
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (_exporting() or not bool(attention_mask.all())):
             mask = attention_mask[:, None, None, :].bool()
         x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
         pooled = self.pooler(x) if self.pooler is not None else None

@@ -18,6 +18,7 @@ class SearchConfig:
     out_dir: str = "runs/search"  # state, journal, results.json, candidates.jsonl, pareto.png; re-run to resume
     targets: list[str] = field(default_factory=list)  # e.g. 4x,8x (speed-ups over the largest arch) or 12ms,20ms
     predictor: str = "flops"  # saved atb latency predictor, or 'flops' (a FLOPs proxy: targets as 4x or in GFLOPs)
+    runtime: str = ""  # if given, the predictor must be of this runtime (torch, onnxruntime, onnxruntime-int8)
     band_low: float = 0.85  # a candidate for target T predicts at least band_low * T (the paper's band)
     band_high: float = 1.1  # a candidate for target T predicts at most band_high * T
     method: str = "evolution"  # evolution | random | fast (the paper's AutoTinyBERT-Fast rule)

@@ -177,7 +177,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     model = model.to(device).eval()
     space = model.space
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
-    predictor = load_predictor(cfg.predictor, seq_len)
+    predictor = load_predictor(cfg.predictor, seq_len, cfg.runtime)
     oracle = LatencyOracle(predictor)
     targets = resolve_targets(cfg.targets, predictor, space, cfg.band(), oracle)
     fitness = build_fitness(cfg, model, meta, weights, device, out_dir, comm.rank)
@@ -186,7 +186,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     info = {"method": cfg.method, "fitness": {"name": fitness.name, "higher_is_better": fitness.higher_is_better},
             "settings": proposer.settings.to_dict(), "band": [cfg.band_low, cfg.band_high], "seed": cfg.seed,
             "space": space.name, "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_step": meta.get("step"),
-            "predictor": cfg.predictor, "latency_units": predictor.units, "config": asdict(cfg)}
+            "predictor": cfg.predictor, "latency_units": predictor.units,
+            "runtime": getattr(predictor, "runtime", None), "config": asdict(cfg)}
     spec = LoopSpec(out_dir=out_dir, seed=cfg.seed, fingerprint=fingerprint(cfg, proposer, space.to_spec(), meta,
                                                                             fitness.name),
                     info=info, stop_after_generation=cfg.stop_after_generation, seq_len=seq_len,

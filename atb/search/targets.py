@@ -68,13 +68,19 @@ class FlopsProxy:
         return np.array([arch_flops(a, batch=1, seq=self.seq_len) / 1e9 for a in archs])
 
 
-def load_predictor(spec: str, seq_len: int) -> Predictor:
-    """`flops` (the proxy above) or a saved atb latency predictor."""
+def load_predictor(spec: str, seq_len: int, runtime: str = "") -> Predictor:
+    """`flops` (the proxy above) or a saved atb latency predictor; with `runtime`, one measured on it."""
+    from atb.deploy.runtime import check_same_runtime
+
     if spec == "flops":
+        if runtime:
+            raise ValueError(f"--runtime {runtime} needs a latency predictor measured on it, not the FLOPs proxy")
         return FlopsProxy(seq_len)
     from atb.latency.predictor import LatencyPredictor
 
-    return LatencyPredictor.load(spec)
+    predictor = LatencyPredictor.load(spec)
+    check_same_runtime(predictor.runtime, runtime, f"latency predictor {spec}")
+    return predictor
 
 
 def resolve_targets(texts: list[str], predictor: Predictor, space: SearchSpace, band: Band,

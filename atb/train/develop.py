@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from atb.data import dev_batches
+from atb.deploy.runtime import check_runtime, check_same_runtime
 from atb.model.extract import build_masked_lm, new_masked_lm
 from atb.model.supernet_io import load_supernet
 from atb.space import Arch
@@ -40,7 +41,8 @@ class DevelopConfig(TrainConfig):
     targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
     predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
     from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
-    measure_latency: bool = True  # time each exported model (settings of the predictor when given)
+    measure_latency: bool = True  # time each exported model (settings and runtime of the predictor when given)
+    runtime: str = ""  # torch, onnxruntime or onnxruntime-int8; must match the predictor's when both are given
     steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
     lr: float = 5e-5  # peak learning rate (linear warmup, then linear decay)
     warmup_steps: int = 50  # optimizer steps of linear LR warmup
@@ -59,6 +61,8 @@ class DevelopConfig(TrainConfig):
             raise ValueError("give exactly one of --archs, --results or --targets")
         if self.targets and not self.predictor:
             raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
+        if self.runtime:
+            check_runtime(self.runtime)
 
 
 DEVELOP_DATA_FIELDS = {"corpus": ("corpus", "demo"), "tokenizer": ("tokenizer", "demo"), "seq_len": ("seq_len", 128),
@@ -95,6 +99,7 @@ def search_targets(cfg: DevelopConfig) -> Path:
 
     out = Path(cfg.out_dir) / "search"
     run_search(SearchConfig(checkpoint=cfg.supernet, out_dir=str(out), targets=cfg.targets, predictor=cfg.predictor,
+                            runtime=cfg.runtime,
                             method="fast", corpus=cfg.corpus, seq_len=cfg.seq_len, dev_fraction=cfg.dev_fraction,
                             data_seed=cfg.seed, seed=cfg.seed, progress=False))
     barrier()
@@ -136,6 +141,10 @@ def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
 
 def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
+    if cfg.predictor and cfg.runtime:  # before training, not after: the export measures on this runtime
+        from atb.latency import LatencyPredictor
+
+        check_same_runtime(LatencyPredictor.load(cfg.predictor).runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
     env = init_distributed()
     out = Path(cfg.out_dir)
     supernet, meta = load_supernet(cfg.supernet, cfg.trust_checkpoint)

@@ -1,21 +1,24 @@
 """Write the K developed students as Hugging Face folders, plus manifest.json and a markdown summary.
 
 Weights come from the final DeepSpeed checkpoint through zero_to_fp32, so the export is the same for every
-ZeRO stage. Latency is measured on the exported model class (weights do not change it), with the
-predictor's measurement settings when a predictor is given, so predicted and measured compare like for like.
+ZeRO stage. Latency is measured on each exported folder's own model, on the predictor's runtime and with its
+measurement settings (for ONNX Runtime the folder is exported to ONNX first), so predicted and measured
+compare like for like; a model whose measured latency misses its target by more than 10 % is flagged.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from atb.fsutil import write_json_atomic, write_text_atomic
 from atb.model.elastic import SuperBertConfig
-from atb.model.extract import count_params, new_masked_lm, write_export
+from atb.model.extract import ARCH_JSON, count_params, new_masked_lm, write_export
 from atb.space import Arch
 
 PREFIX = "students."
+MISS_TOLERANCE = 0.10  # measured latency may exceed the target by this fraction before the model is flagged
 
 
 def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, models_dir: Path,
@@ -43,15 +46,18 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
         predicted = student.get("predicted_ms")
         if predicted is None and predictor is not None:
             predicted = float(predictor.predict([arch])[0])
-        measured = _measure(arch, sb_cfg, predictor) if cfg.measure_latency else None
         row = {"arch": arch.to_dict(), "arch_name": arch.name, "target": student.get("target"),
                "params": count_params(model), "flops": _flops(arch, cfg.seq_len),
-               "predicted_ms": predicted, "measured_ms": measured,
+               "predicted_ms": predicted, "measured_ms": None,
                "dev_loss": dev.get(f"dev/{arch.name}/loss"), "from_scratch": record["from_scratch"],
                "source_checkpoint": record["source_checkpoint"], "source_step": record["source_step"],
                "develop_checkpoint": str((ckpt_dir / tag).resolve()), "develop_steps": cfg.steps}
         folder = write_export(model, arch, models_dir / arch.name, tokenizer, {**row, "space": sb_cfg.space},
                               overwrite=True)
+        if cfg.measure_latency:
+            row.update(latency_check(folder, row["target"], predicted, predictor, cfg.runtime, sb_cfg.space))
+            record_path = folder / ARCH_JSON
+            write_json_atomic(record_path, {**json.loads(record_path.read_text()), **row})
         rows.append({**row, "path": str(folder)})
     _add_speedups(rows, sb_cfg, predictor)
     write_json_atomic(models_dir.parent / "manifest.json", {"models": rows})
@@ -67,11 +73,31 @@ def _load_predictor(path: str):
     return LatencyPredictor.load(path)
 
 
-def _measure(arch: Arch, sb_cfg: SuperBertConfig, predictor) -> float:
-    from atb.latency.measure import MeasureSettings, measure_latency
+def latency_check(folder: Path, target: str | None, predicted_ms: float | None, predictor, runtime: str = "",
+                  space: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measured latency of an exported folder on the predictor's runtime (else `runtime`, else torch), and
+    whether it misses its target by more than MISS_TOLERANCE."""
+    from atb.deploy.latency import measure_folder_latency
+    from atb.deploy.onnx_export import export_folder
+    from atb.deploy.runtime import ORT_INT8, TORCH
+    from atb.latency.measure import MeasureSettings
+    from atb.latency.targets import parse_target
+    from atb.space import SearchSpace
 
     settings = MeasureSettings(**predictor.settings) if predictor is not None else MeasureSettings()
-    return float(measure_latency(arch, sb_cfg, settings).median_ms)
+    runtime = predictor.runtime if predictor is not None else (runtime or TORCH)
+    if runtime != TORCH:
+        export_folder(folder, head="encoder", int8=runtime == ORT_INT8, overwrite=True)
+    measured = float(measure_folder_latency(folder, runtime, settings).median_ms)
+    target_ms = None
+    if target and predictor is not None:
+        try:
+            target_ms = parse_target(target, predictor, SearchSpace.from_spec(space or predictor.space))
+        except ValueError:  # a label, not a latency (the demo's "4x (BERT-ratio)" baselines): nothing to check
+            pass
+    misses = target_ms is not None and measured > target_ms * (1 + MISS_TOLERANCE)
+    return {"runtime": runtime, "measured_ms": measured, "target_ms": target_ms, "misses_target": misses,
+            "prediction_error": round(measured / predicted_ms - 1, 4) if predicted_ms else None}
 
 
 def _flops(arch: Arch, seq: int) -> int:
@@ -95,10 +121,21 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
-    lines = ["| arch | target | params (M) | GFLOPs | predicted ms | measured ms | speedup | dev loss |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arch | target | params (M) | GFLOPs | predicted ms | measured ms | runtime | latency check | speedup "
+             "| dev loss |", "|---|---|---:|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['arch_name']} | {r['target'] or '-'} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.2f} | "
-                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | {fmt(r['speedup_vs_largest'])} | "
-                     f"{fmt(r['dev_loss'], '.4f')} |")
+                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | {r.get('runtime') or '-'} | "
+                     f"{_check(r)} | {fmt(r['speedup_vs_largest'])} | {fmt(r['dev_loss'], '.4f')} |")
+    missed = [r["arch_name"] for r in rows if r.get("misses_target")]
+    if missed:
+        lines.append(f"\n**Latency target missed** by more than {MISS_TOLERANCE:.0%} (measured on the runtime above): "
+                     f"{', '.join(missed)}")
     return "\n".join(lines) + "\n"
+
+
+def _check(row: dict[str, Any]) -> str:
+    if row.get("target_ms") is None:
+        return "-"
+    over = row["measured_ms"] / row["target_ms"] - 1
+    return f"{'MISSES' if row['misses_target'] else 'ok'} ({over:+.0%} vs {row['target_ms']:.2f} ms)"

@@ -1,0 +1,6 @@
+"""Deployment: the exported folders as they are served, in ONNX Runtime (fp32 or int8), and their latency there.
+
+    runtime.py      the runtimes latency can be measured on, the optional-extra check, ORT sessions
+    onnx_export.py  folder -> model.onnx (+ model.int8.onnx) beside model.safetensors, recorded and hashed
+    latency.py      latency of an exported folder on a runtime (what develop and the demo report)
+"""
