@@ -152,3 +152,15 @@ def test_bad_sources_fail_clearly_and_write_nothing(data, source, tmp_path):
     fails("is not BERT-family", init_from=roberta)
     fails("use the source's own", tokenizer="demo")
     fails("larger than the source", space="tiny")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("estimator", ["activation", "taylor"])
+def test_importance_on_the_gpu_matches_the_cpu(tmp_path, estimator):
+    folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
+    on_cpu, dims = importance_of(folder, estimator)
+    model = build_model(folder, read_config(folder), with_mlm_head=estimator == "taylor").cuda()
+    batches = [{k: v.cuda() for k, v in mlm_batch(seed=s).items()} for s in range(3)]
+    on_gpu = compute_importance(model, batches, dims, estimator)
+    for key in ("hidden", "heads", "qk_dims", "v_dims", "ffn", "layers"):
+        torch.testing.assert_close(getattr(on_gpu, key), getattr(on_cpu, key), rtol=1e-3, atol=1e-6)
