@@ -38,7 +38,6 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
     seed: int = 42  # initialisation of the task head, data order and dropout
     freeze_embeddings: bool = False  # keep the word embeddings as pre-trained (small training sets; much cheaper for tiny models)
-    group_by_length: bool = False  # batch sentences of similar length together (less padding, same data)
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)

@@ -79,7 +79,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
     )
