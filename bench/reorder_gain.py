@@ -33,7 +33,8 @@ from atb.model.bert_source import read_config, source_dims  # noqa: E402
 from atb.model.elastic import ElasticLinear, SuperBert, SuperBertConfig  # noqa: E402
 from atb.model.pretrained_init import init_from_pretrained  # noqa: E402
 from atb.model.supernet_io import load_supernet  # noqa: E402
-from atb.space import Arch, SearchSpace, space_from_source  # noqa: E402
+from atb.source_space import space_from_source  # noqa: E402
+from atb.space import Arch, SearchSpace  # noqa: E402
 from atb.train.objectives import Teacher  # noqa: E402
 
 

@@ -13,7 +13,8 @@ from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.importance import compute_importance
 from atb.model.ordering import read_importance, write_importance, write_ordered_folder
 from atb.model.pretrained_init import init_from_pretrained
-from atb.space import SearchSpace, space_from_source
+from atb.source_space import space_from_source
+from atb.space import SearchSpace
 from bert_sources import mlm_batch, padded_batch, save_random_bert
 from launching import run_tool
 

@@ -263,3 +263,19 @@ def test_a_finished_finetune_rerun_changes_nothing_and_a_foreign_partial_folder_
     with pytest.raises(FileExistsError, match="not a staging folder atb made"):
         finetune(fast_cfg(exports["bert"], task, tmp_path / "other", epochs=1))
     assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "other").exists()
+
+
+def test_frozen_word_embeddings_stay_as_exported_and_the_rest_trains(exports, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from synthetic_tasks import write_sst2_task
+
+    task = write_sst2_task(tmp_path / "sst2", n_train=48, n_dev=16)
+    finetune(fast_cfg(exports["bert"], task, tmp_path / "out", epochs=1, freeze_embeddings=True))
+    before = load_file(str(exports["bert"] / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
+    key = next(k for k in after if k.endswith("word_embeddings.weight"))
+    assert torch.equal(after[key], before[key])
+    query = next(k for k in after if k.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.equal(after[query], before[query])

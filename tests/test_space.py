@@ -66,7 +66,7 @@ def test_bad_spec_files(tmp_path):
 
 
 def test_a_space_from_a_source_has_the_source_as_its_largest_arch():
-    from atb.space import space_from_source
+    from atb.source_space import space_from_source
 
     space = SearchSpace.from_spec(space_from_source(6, 384, 12, 384, 1536))
     assert space.largest() == Arch(6, 384, 12, 384, 1536)
@@ -77,7 +77,8 @@ def test_a_space_from_a_source_has_the_source_as_its_largest_arch():
 
 
 def test_a_space_larger_than_its_source_is_refused():
-    from atb.space import SpaceError, check_within
+    from atb.source_space import check_within
+    from atb.space import SpaceError
 
     with pytest.raises(SpaceError, match=r"larger than the source .*hidden 256 > 128"):
         check_within(SearchSpace.load("demo"), layers=4, hidden=128, heads=4, qkv=256, ffn=1024, source="src")

@@ -19,7 +19,8 @@ from atb.model.bert_source import build_model, content_hash, has_mlm_head, read_
 from atb.model.importance import compute_importance
 from atb.model.ordering import IMPORTANCE_FILE, read_importance, write_importance, write_ordered_folder
 from atb.model.supernet_io import is_supernet_folder
-from atb.space import SearchSpace, check_within, space_from_source
+from atb.source_space import check_within, space_from_source
+from atb.space import SearchSpace
 from atb.train.config import PretrainConfig
 from atb.train.distributed import DistEnv, barrier
 

@@ -87,22 +87,33 @@ def check_teacher_fits(teacher: Teacher, student: SuperBert) -> None:
 
 def kd_losses(student_scores: torch.Tensor, mapped: torch.Tensor, teacher: TeacherOutput,
               attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Attention-score MSE over real (query, key) pairs and hidden MSE over real tokens; `mapped` is the
-    student's last hidden state projected to the teacher's width."""
+    """Attention-score MSE over real (query, key) pairs and hidden MSE over real tokens, each divided by the
+    teacher's own variance there, so that both terms are the share of the teacher's signal missed and neither
+    outweighs the other by its scale alone; `mapped` is the student's last hidden state projected to the
+    teacher's width."""
     if student_scores.shape[1] != teacher.scores.shape[1]:
         raise ValueError(f"KD needs equal head counts: student {student_scores.shape[1]}, "
                          f"teacher {teacher.scores.shape[1]}")
     attn = attention_score_mse(student_scores, teacher.scores, attention_mask)
     tokens = attention_mask.to(mapped.dtype)[..., None]  # [batch, seq, 1]
-    hidden = masked_mse(mapped, teacher.hidden.to(mapped.dtype), tokens)
+    teacher_hidden = teacher.hidden.to(mapped.dtype)
+    hidden = masked_mse(mapped, teacher_hidden, tokens) / masked_variance(teacher_hidden, tokens)
     return {"kd_attn": attn, "kd_hidden": hidden}
 
 
 def attention_score_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """MSE over the (query, key) pairs where both tokens are real, for [batch, heads, seq, seq] scores."""
+    """MSE over the (query, key) pairs where both tokens are real, for [batch, heads, seq, seq] scores, as a
+    share of the teacher's score variance over those pairs."""
     tokens = attention_mask.to(student.dtype)
     pairs = tokens[:, None, :, None] * tokens[:, None, None, :]  # [batch, 1, seq, seq]
-    return masked_mse(student, teacher.to(student.dtype), pairs)
+    teacher = teacher.to(student.dtype)
+    return masked_mse(student, teacher, pairs) / masked_variance(teacher, pairs)
+
+
+def masked_variance(a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The variance of `a` over the entries where `weights` are 1 (never below a tiny floor)."""
+    mean = (a * weights).sum() / weights.expand_as(a).sum()
+    return masked_mse(a, mean, weights).clamp_min(1e-8)
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
