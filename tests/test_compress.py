@@ -59,7 +59,7 @@ def from_model_space(dims) -> SearchSpace:
 def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimator):
     folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
     importance, dims = importance_of(folder, estimator)
-    order = importance.order(within_heads=True)
+    order = importance.order(within_heads=True, hidden=True)
     assert not torch.equal(order.hidden, torch.arange(dims.hidden))  # a real reordering is under test
     space = from_model_space(dims)
     write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
@@ -79,7 +79,7 @@ def test_importance_file_round_trip_and_staleness(tmp_path):
     folder = save_random_bert(tmp_path / "bert")
     other = save_random_bert(tmp_path / "other", seed=1)
     importance, dims = importance_of(folder)
-    order = importance.order(within_heads=True)
+    order = importance.order(within_heads=True, hidden=True)
     spec = from_model_space(dims).to_spec()
     path = tmp_path / "importance.json"
     write_importance(path, importance, order, folder, content_hash(folder), spec, {"samples": 12})

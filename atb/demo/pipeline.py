@@ -185,7 +185,7 @@ class Stages:
                     runs.append({"model": path, "task": task, "out_dir": str(dest),
                                  "epochs": s.finetune_epochs, "max_train_samples": s.finetune_train,
                                  "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": s.finetune_lr,
-                                 "batch_size": 32, "freeze_embeddings": True,
+                                 "batch_size": 32,
                                  "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
         # one single-threaded process per core: small models use a core better than two threads do
         workers = max(1, min(os.cpu_count() or 1, len(runs)))

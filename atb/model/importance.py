@@ -39,20 +39,19 @@ class Importance:
     ffn: torch.Tensor  # [layers, ffn]
     layers: torch.Tensor  # [layers]
 
-    def order(self, within_heads: bool = False) -> ModelOrder:
-        """Most important heads and neurons first. `within_heads` also orders the dims inside each head (their
-        scores are always recorded; bench/RESULTS.md has why they are not applied by default).
+    def order(self, within_heads: bool = False, hidden: bool = False) -> ModelOrder:
+        """Most important heads and FFN neurons first. The dims inside each head (`within_heads`) and the
+        hidden channels (`hidden`) are scored and recorded but keep the source's order by default: a
+        sub-network's LayerNorm normalises over its leading channels only, and neither magnitude order made
+        sliced sub-networks better than the source's own order (bench/RESULTS.md, reorder_gain)."""
+        def rank(scores: torch.Tensor) -> torch.Tensor:
+            return torch.argsort(scores, dim=-1, descending=True, stable=True)
 
-        Hidden channels by activation go the other way, largest last: a sub-network's LayerNorm normalises
-        over its leading channels only, and the few outlier channels that carry most of the stream's
-        magnitude would distort that normalisation for every channel kept beside them."""
-        def rank(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
-            return torch.argsort(scores, dim=-1, descending=descending, stable=True)
+        def kept(scores: torch.Tensor) -> torch.Tensor:
+            return torch.arange(scores.shape[-1]).expand_as(scores).clone()
 
-        def inside(scores: torch.Tensor) -> torch.Tensor:
-            return rank(scores) if within_heads else torch.arange(scores.shape[-1]).expand_as(scores).clone()
-
-        return ModelOrder(rank(self.hidden, descending=self.estimator != "activation"), [
+        inside = rank if within_heads else kept
+        return ModelOrder((rank if hidden else kept)(self.hidden), [
             LayerOrder(rank(self.heads[i]), inside(self.qk_dims[i]), inside(self.v_dims[i]), rank(self.ffn[i]))
             for i in range(len(self.layers))])
 

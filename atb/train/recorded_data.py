@@ -14,14 +14,22 @@ from typing import Any
 from atb.data.corpus import DEMO
 
 
-def absolute_corpus(corpus: str) -> str:
+def corpus_parts(corpus: str | list[str]) -> list[str]:
+    """A corpus flag or record as a list (records written before --corpus took a list hold one string)."""
+    return [c for c in (corpus.split(",") if isinstance(corpus, str) else corpus) if c]
+
+
+def absolute_corpus(corpus: str | list[str]) -> list[str]:
     """`corpus` with each path made absolute, so the record still names it from another directory."""
-    items = [c for c in str(corpus).split(",") if c]
-    return ",".join(c if c == DEMO else str(Path(c).resolve()) for c in items)
+    return [c if c == DEMO else str(Path(c).resolve()) for c in corpus_parts(corpus)]
 
 
-def missing_corpus_parts(corpus: str) -> list[str]:
-    return [c for c in str(corpus).split(",") if c and c != DEMO and not Path(c).exists()]
+def missing_corpus_parts(corpus: str | list[str]) -> list[str]:
+    return [c for c in corpus_parts(corpus) if c != DEMO and not Path(c).exists()]
+
+
+def _comparable(flag: str, value: Any) -> Any:
+    return absolute_corpus(value) if flag == "corpus" else value
 
 
 def adopt_recorded_data(cfg: Any, meta: dict[str, Any], fields: dict[str, tuple[str, Any]], source: str,
@@ -33,6 +41,8 @@ def adopt_recorded_data(cfg: Any, meta: dict[str, Any], fields: dict[str, tuple[
     """
     for flag, (key, fallback) in fields.items():
         given, recorded = getattr(cfg, flag), meta.get(key)
+        if flag == "corpus" and recorded is not None:
+            recorded = corpus_parts(recorded)
         if given is None:
             setattr(cfg, flag, recorded if recorded is not None else fallback)
             if flag == "corpus" and recorded is not None and need_corpus and missing_corpus_parts(recorded):
@@ -40,6 +50,6 @@ def adopt_recorded_data(cfg: Any, meta: dict[str, Any], fields: dict[str, tuple[
                     f"the SuperPLM {source} was trained on corpus {recorded}, which no longer exists "
                     f"({', '.join(missing_corpus_parts(recorded))}); pass --corpus <path> with the same text, "
                     "so that its dev split stays held out")
-        elif recorded is not None and str(given) != str(recorded) and announce:
+        elif recorded is not None and _comparable(flag, given) != recorded and announce:
             print(f"{prog}: --{flag} {given} overrides the SuperPLM's recorded {key} {recorded} ({source})",
                   file=sys.stderr)
