@@ -84,10 +84,12 @@ def test_untouched_layers_get_no_update(corpus_and_tokenizer, tmp_path):
                                    fixed_archs="L1_H32_A2_Q16_F48", weight_decay=0.0, steps=4, save_every=4), nproc=2)
     trained, _ = load_supernet(out / "supernet")
     torch.manual_seed(0)
+    from atb.space import SearchSpace
     from atb.train.config import PretrainConfig
     from atb.train.pretrain import build_supernet
 
-    initial = build_supernet(PretrainConfig(space="tiny", dropout=0.1), trained.config.vocab_size)
+    cfg = PretrainConfig(space="tiny", dropout=0.1, max_positions=512)
+    initial = build_supernet(cfg, trained.config.vocab_size, SearchSpace.load("tiny"))
     for name, p in trained.named_parameters():
         p0 = dict(initial.named_parameters())[name]
         if name.startswith(("bert.encoder.layer.1.", "bert.encoder.layer.2.")):
@@ -158,8 +160,9 @@ def test_kd_with_a_tiny_teacher(corpus_and_tokenizer, tmp_path):
                                    intermediate_size=48, max_position_embeddings=64))
     teacher.save_pretrained(tmp_path / "teacher")
     out = tmp_path / "kd"
-    run_tool("pretrain", base_args(corpus_and_tokenizer, out, space="tiny_kd", objective="kd",
-                                   teacher=tmp_path / "teacher", steps=10, save_every=10, lr=5e-3), nproc=2)
+    run_tool("pretrain", base_args(corpus_and_tokenizer, out, space="tiny_kd", objective="kd", sampling="fixed",
+                                   fixed_archs="L2_H32_A4_Q16_F48", teacher=tmp_path / "teacher", steps=10,
+                                   save_every=10, lr=5e-3), nproc=2)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"kd_attn", "kd_hidden"} <= set(rows[0])
     assert rows[-1]["loss"] < rows[0]["loss"]

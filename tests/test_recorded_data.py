@@ -55,7 +55,7 @@ def test_search_without_data_flags_scores_on_the_superplms_own_dev_split(superpl
     fitness = DevLossFitness(model, dev_batches(blocks["dev"], tokenizer, 8, 3)[:2])
     largest = results["sanity"]["largest"]
     assert fitness(Arch.from_dict(largest["arch"])) == pytest.approx(largest["score"], rel=1e-6)
-    assert results["config"]["corpus"] == str(superplm / "C.txt") and results["config"]["data_seed"] == 3
+    assert results["config"]["corpus"] == [str(superplm / "C.txt")] and results["config"]["data_seed"] == 3
 
 
 def test_an_explicit_data_flag_wins_and_says_so(superplm, tmp_path, capsys):
