@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--task", default="movie_sentiment")
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=5e-4)  # the demo's fine-tuning recipe
     parser.add_argument("--dev_batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -94,3 +94,19 @@ def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
     assert "fine-tuned the same way" in rows["source"] and "| 0.900 (0.500) | 100.0% |" in rows["source"]
     assert "TF-IDF" in rows["tfidf"] and "0.750 (0.500)" in rows["tfidf"]
     assert "2000 of 8000 training rows" in text
+
+
+def test_workers_sharing_a_run_list_take_each_run_once(tmp_path):
+    """Fine-tuning workers on one list: every run is taken by exactly one of them, even when two processes
+    race for the same runs."""
+    import subprocess
+    import sys
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    code = ("import sys; from pathlib import Path; from atb.demo.finetune_models import claim; "
+            "print(' '.join(str(i) for i in range(1, 201) if claim(Path(sys.argv[1]), i)))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(claims)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    taken = [[int(i) for i in p.communicate()[0].split()] for p in procs]
+    assert sorted(taken[0] + taken[1]) == list(range(1, 201))

@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
+from atb.space import Arch
+
 from launching import read_losses, run_tool
 from test_pretrain import base_args, corpus_and_tokenizer  # noqa: F401  (fixture)
 
@@ -69,3 +71,35 @@ def test_develop_rejects_bad_input(corpus_and_tokenizer, supernet, tmp_path):  #
     proc = run_tool("develop", develop_args(corpus_and_tokenizer, tmp_path / "y", tmp_path / "nope", archs=ARCH_A),
                     nproc=1, check=False)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_students_start_at_the_supernets_kd_loss_through_its_projection():
+    """A developed student begins exactly where its sub-network of the SuperPLM stands, projection included:
+    its first KD loss equals the search's proxy for that arch (not a random projection's)."""
+    from transformers import BertConfig, BertModel
+
+    from atb.model.elastic import ElasticLinear
+    from atb.model.extract import build_masked_lm
+    from atb.search.fitness import DevLossFitness
+    from atb.train.objectives import Teacher
+    from atb.train.students import Students
+    from conftest import make_supernet
+    from test_search import masked_batches
+
+    torch.manual_seed(0)
+    teacher = Teacher(BertModel(BertConfig(vocab_size=100, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+                                           intermediate_size=48, max_position_embeddings=32)).eval())
+    supernet = make_supernet("tiny_kd")
+    projection = ElasticLinear(supernet.largest.hidden, 24)
+    torch.nn.init.normal_(projection.weight, std=0.2)
+    batches = masked_batches(n=1)
+    archs = [Arch(2, 32, 4, 16, 48), supernet.largest]
+    students = Students([build_masked_lm(supernet, a) for a in archs], archs, "kd", 24, projection).eval()
+    fitness = DevLossFitness(supernet, batches, objective="kd", teacher=teacher, projection=projection)
+    b = batches[0]
+    with torch.no_grad():
+        t_out = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        for i, arch in enumerate(archs):
+            assert float(sum(students.student_losses(i, b, t_out).values())) == pytest.approx(fitness(arch), rel=1e-4)
+    with pytest.raises(ValueError, match="projection"):
+        Students([build_masked_lm(supernet, archs[0])], archs[:1], "kd", 16, projection)

@@ -13,13 +13,17 @@ next seed, up to `restarts` times per run; the count goes into its metrics.json 
 report marks it. The criterion is only "no better than the majority class on dev", not a pick of the
 best of several seeds, so the dev score is not selected upward.
 
-    python -m atb.demo.finetune_models runs.json     # a JSON list of FinetuneConfig fields (+ "restarts")
+    python -m atb.demo.finetune_models runs.json [claims/]   # a JSON list of FinetuneConfig fields (+ "restarts")
+
+With a claims folder, several such processes share one list: each takes the next run nobody has claimed
+(an exclusively created file per run), so a core never idles while another still has a queue.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,11 +55,24 @@ def finetune_with_restarts(cfg: Any, restarts: int, finetune: Callable[[Any], di
     return record
 
 
-def main(spec_file: str) -> None:
+def claim(claims: Path | None, index: int) -> bool:
+    """Whether this process takes run `index`: always without a claims folder, else if it is the first to."""
+    if claims is None:
+        return True
+    try:
+        os.close(os.open(claims / f"{index}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def main(spec_file: str, claims: str | None = None) -> None:
     from atb.finetune import FinetuneConfig, finetune
 
     runs = json.loads(Path(spec_file).read_text())
     for i, fields in enumerate(runs, 1):
+        if not claim(Path(claims) if claims else None, i):
+            continue
         fields = dict(fields)
         restarts = int(fields.pop("restarts", 0))
         cfg = FinetuneConfig(**fields)
@@ -71,6 +88,6 @@ def main(spec_file: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m atb.demo.finetune_models <runs.json>")
-    main(sys.argv[1])
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m atb.demo.finetune_models <runs.json> [<claims folder>]")
+    main(*sys.argv[1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +91,12 @@ def precision_config(stage: int = 2) -> str:
     import torch
 
     return f"zero{stage}_bf16" if torch.cuda.is_available() else f"zero{stage}_fp32"
+
+
+def model_bytes(model: str) -> int:
+    """Size of a model folder's weights: what a fine-tuning run costs, roughly (0 for the baseline)."""
+    folder = Path(model)
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
 
 
 def tool(name: str, *args: Any, ranks: int = 1, threads: int | None = None) -> None:
@@ -189,15 +196,16 @@ class Stages:
                                  "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": s.finetune_lr,
                                  "batch_size": 32,
                                  "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
-        # one single-threaded process per core: small models use a core better than two threads do
+        # one single-threaded process per core (small models use a core better than two threads do), all
+        # taking runs from one list, largest model first, so that no core idles while another has a queue
+        runs.sort(key=lambda run: -model_bytes(run["model"]))
         workers = max(1, min(os.cpu_count() or 1, len(runs)))
-        cmds = []
-        for i in range(workers):
-            spec = self.out / "finetune" / f"runs_{i}.json"
-            spec.parent.mkdir(parents=True, exist_ok=True)
-            spec.write_text(json.dumps(runs[i::workers], indent=1))
-            cmds.append([sys.executable, "-m", "atb.demo.finetune_models", str(spec)])
-        _run_together("finetune", cmds, threads=1)
+        spec, claims = self.out / "finetune" / "runs.json", self.out / "finetune" / "claims"
+        shutil.rmtree(claims, ignore_errors=True)  # claims of an interrupted earlier launch
+        claims.mkdir(parents=True)
+        spec.write_text(json.dumps(runs, indent=1))
+        cmd = [sys.executable, "-m", "atb.demo.finetune_models", str(spec), str(claims)]
+        _run_together("finetune", [cmd] * workers, threads=1)
 
 
 def finetuned_models(out: Path, source: str) -> dict[str, str]:

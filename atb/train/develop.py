@@ -161,7 +161,8 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     models = build_students(cfg, supernet, picks)
     config = fill_ds_config(cfg, on_cpu=env.device.type == "cpu")
     teacher = load_teacher(cfg, env, config, tokenizer)
-    module = Students(models, [p.arch for p in picks], cfg.objective, teacher.hidden_size if teacher else None)
+    module = Students(models, [p.arch for p in picks], cfg.objective, teacher.hidden_size if teacher else None,
+                      inherited_projection(cfg, meta))
 
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
     record = {"students": [{"arch": p.arch.to_dict(), "target": p.target, "predicted_ms": p.predicted_ms}
@@ -170,6 +171,18 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
               "from_scratch": cfg.from_scratch, "objective": cfg.objective}
     job = DevelopJob(module, record, teacher, dev, env, cfg, tokenizer)
     return run_session(cfg, env, tokenizer, blocks, job, config)
+
+
+def inherited_projection(cfg: DevelopConfig, meta: dict[str, Any]) -> torch.nn.Module | None:
+    """The KD projection trained with the SuperPLM, when the students distil from the SuperPLM's own teacher
+    (another teacher's hidden states live in another basis) and it is not the from-scratch comparison."""
+    from atb.search.fitness import load_kd_projection
+
+    if cfg.objective != "kd" or cfg.from_scratch or not meta.get("teacher") or not cfg.teacher:
+        return None
+    if Path(cfg.teacher).resolve() != Path(meta["teacher"]).resolve():
+        return None
+    return load_kd_projection(cfg.supernet)
 
 
 class DevelopJob(Job):

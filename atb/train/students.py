@@ -17,7 +17,8 @@ from atb.train.objectives import LastLayerScores, TeacherOutput, kd_losses
 
 
 class Students(nn.Module):
-    def __init__(self, models: list[nn.Module], archs: list[Arch], objective: str, teacher_hidden: int | None = None):
+    def __init__(self, models: list[nn.Module], archs: list[Arch], objective: str, teacher_hidden: int | None = None,
+                 projection: nn.Module | None = None):
         super().__init__()
         if len(models) != len(archs) or not models:
             raise ValueError("need one arch per student and at least one student")
@@ -29,7 +30,24 @@ class Students(nn.Module):
             if teacher_hidden is None:
                 raise ValueError("objective 'kd' needs the teacher's hidden size")
             self.projections = nn.ModuleList(nn.Linear(a.hidden, teacher_hidden) for a in archs)
+            if projection is not None:
+                self._inherit(projection)
             self._scores = [LastLayerScores(m) for m in models]
+
+    @torch.no_grad()
+    def _inherit(self, projection: nn.Module) -> None:
+        """Start each student's projection at the SuperPLM's (its leading columns), like its weights: a random
+        one would send random gradients into a student that already matches the teacher through it."""
+        for linear, arch in zip(self.projections, self.archs):
+            if projection.weight.shape[0] != linear.weight.shape[0] or projection.weight.shape[1] < arch.hidden:
+                raise ValueError(f"the SuperPLM's KD projection {tuple(projection.weight.shape)} does not fit "
+                                 f"{arch.name} and a teacher of width {linear.weight.shape[0]}")
+            linear.weight.copy_(projection.weight[:, :arch.hidden])
+            bias = getattr(projection, "bias", None)
+            if bias is not None:
+                linear.bias.copy_(bias)
+            else:
+                linear.bias.zero_()
 
     def student_losses(self, i: int, batch: dict[str, torch.Tensor],
                        teacher: TeacherOutput | None) -> dict[str, torch.Tensor]:
