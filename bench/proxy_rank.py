@@ -1,12 +1,13 @@
-"""Does the search rank what matters? The search's proxy score of a sub-network (its inherited KD loss to the
-source on the dev blocks) against its accuracy after a short, identical fine-tune on a task.
+"""Does the search rank what matters? The search's proxy score of a sub-network with inherited weights (the
+CKA of its representation with the source's, and the KD loss, on the dev blocks) against its accuracy
+after a short, identical fine-tune on a task.
 
 Archs: `--archs` sub-networks of the ordered, KD-trained SuperPLM that `make demo` leaves in runs/demo,
 spread over the predicted-latency range. Each is extracted and fine-tuned with one recipe.
 
     .venv/bin/python bench/proxy_rank.py --run runs/demo
 
-Last line: BENCH proxy_rank ratio=<Kendall tau between -proxy loss and accuracy> (target >= 0.6).
+Last line: BENCH proxy_rank ratio=<Kendall tau between the --fitness proxy and accuracy> (target >= 0.6).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from atb.data import load_tokenizer  # noqa: E402
 from atb.search.dev_data import load_dev_batches  # noqa: E402
-from atb.search.fitness import DevLossFitness, load_kd_projection  # noqa: E402
+from atb.search.fitness import DevLossFitness, RepresentationFitness, load_kd_projection  # noqa: E402
 from atb.finetune import FinetuneConfig, finetune  # noqa: E402
 from atb.latency import LatencyPredictor  # noqa: E402
 from atb.latency.metrics import kendall_tau  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=5e-4)  # the demo's fine-tuning recipe
-    parser.add_argument("--dev_batches", type=int, default=4)
+    parser.add_argument("--dev_batches", type=int, default=8)
+    parser.add_argument("--fitness", default="cka", choices=["cka", "kd"])  # the one the demo's search uses
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     run = Path(args.run)
@@ -62,24 +64,27 @@ def main() -> None:
     batches = load_dev_batches(meta["corpus"], tokenizer, meta["seq_len"], meta["dev_fraction"], meta["data_seed"],
                                16, args.dev_batches, str(run / "data_cache"))
     teacher = Teacher.load(meta["teacher"], torch.device("cpu"), torch.float32)
-    fitness = DevLossFitness(supernet, batches, objective="kd", teacher=teacher,
+    kd_loss = DevLossFitness(supernet, batches, objective="kd", teacher=teacher,
                              projection=load_kd_projection(run / "pretrain" / "supernet"))
+    cka = RepresentationFitness(supernet, batches, teacher)
     archs = spread_by_latency(supernet.space, LatencyPredictor.load(run / "latency" / "predictor"), args.archs,
                               args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch, ms in archs:
-            proxy = fitness(arch)
+            proxy = {"kd": -kd_loss(arch), "cka": cka(arch)}  # both: higher is better
             folder = extract(supernet, arch, Path(tmp) / arch.name, tokenizer=meta["tokenizer"])
             record = finetune(FinetuneConfig(model=str(folder), task=args.task, out_dir=str(Path(tmp) / f"ft_{arch.name}"),
                                              epochs=args.epochs, lr=args.lr, max_train_samples=args.train,
                                              max_eval_samples=500, max_seq_len=64, batch_size=32, seed=args.seed))
             rows.append((arch, ms, proxy, record["dev"]["accuracy"]))
-            print(f"{arch.name:<28} predicted {ms:7.2f} ms  proxy KD loss {proxy:8.4f}  {args.task} acc "
-                  f"{record['dev']['accuracy']:.3f}", flush=True)
-    tau = kendall_tau(-np.array([r[2] for r in rows]), np.array([r[3] for r in rows]))
-    print(f"Kendall tau (lower proxy loss <-> higher accuracy) over {len(rows)} archs: {tau:.3f} (target >= 0.6)")
-    print(f"BENCH proxy_rank ratio={tau:.3f}")
+            print(f"{arch.name:<28} predicted {ms:7.2f} ms  KD loss {-proxy['kd']:8.4f}  CKA {proxy['cka']:.4f}  "
+                  f"{args.task} acc {record['dev']['accuracy']:.3f}", flush=True)
+    accuracy = np.array([r[3] for r in rows])
+    taus = {name: kendall_tau(np.array([r[2][name] for r in rows]), accuracy) for name in ("kd", "cka")}
+    print(f"Kendall tau with accuracy over {len(rows)} archs: KD loss (lower better) {taus['kd']:.3f}, "
+          f"CKA {taus['cka']:.3f}; the search's fitness is --fitness {args.fitness} (target >= 0.6)")
+    print(f"BENCH proxy_rank ratio={taus[args.fitness]:.3f}")
 
 
 if __name__ == "__main__":

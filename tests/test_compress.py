@@ -165,3 +165,31 @@ def test_importance_on_the_gpu_matches_the_cpu(tmp_path, estimator):
     on_gpu = compute_importance(model, batches, dims, estimator)
     for key in ("hidden", "heads", "qk_dims", "v_dims", "ffn", "layers"):
         torch.testing.assert_close(getattr(on_gpu, key), getattr(on_cpu, key), rtol=1e-3, atol=1e-6)
+
+
+def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_networks(tmp_path):
+    """The search's CKA fitness against the teacher: exactly 1 for the sub-network that is the teacher (its
+    channels reordered), below 1 for a narrower and a shallower one; linear CKA ignores rotation and scale."""
+    from atb.search.fitness import RepresentationFitness, linear_cka
+    from atb.space import Arch
+    from atb.train.objectives import Teacher
+
+    x = torch.randn(200, 16, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(x, torch.randn(200, 24, dtype=torch.float64)) < 0.3
+
+    folder = save_random_bert(tmp_path / "bert", layers=2, hidden=32, heads=4, ffn=64)
+    importance, dims = importance_of(folder)
+    order = importance.order(within_heads=True, hidden=True)
+    space = from_model_space(dims)
+    write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
+    ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
+    supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
+                                         max_position_embeddings=dims.max_positions)).eval()
+    init_from_pretrained(supernet, ordered)
+    fitness = RepresentationFitness(supernet, [padded_batch(seed=s, batch=6) for s in range(3)],
+                                    Teacher.load(str(folder), torch.device("cpu"), torch.float32))
+    assert fitness(space.largest()) == pytest.approx(1.0, abs=1e-6)
+    for arch in (Arch(2, 16, 4, 32, 64), Arch(1, 32, 4, 32, 64)):
+        assert fitness(arch) < 1.0 - 1e-3

@@ -50,7 +50,7 @@ SIZES = {
     # Sized for ~15 min on 2 CPU cores including install (bench/RESULTS.md has the stage times); fine-tuning
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
-                  search_preset="tiny", search_generations=4, dev_batches=4, develop_steps=20, finetune_epochs=2.0,
+                  search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=20, finetune_epochs=2.0,
                   finetune_train=1000, finetune_eval=500),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
@@ -164,7 +164,7 @@ class Stages:
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--predictor",
              self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
-             "--dev_batches", s.dev_batches, "--fitness", "kd", "--teacher", self.out / "pretrain" / "source_ordered",
+             "--dev_batches", s.dev_batches, "--fitness", "cka", "--teacher", self.out / "pretrain" / "source_ordered",
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
 
     def develop(self) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from atb.search.settings import METHODS, Band, EvolutionSettings, settings_from
 
-FITNESSES = ("mlm", "kd", "finetune")
+FITNESSES = ("mlm", "kd", "cka", "finetune")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class SearchConfig:
     budget: int = 0  # random/fast: candidates per target (0 = what evolution would evaluate)
     seed: int = 0  # of the proposals (evolution, random sampling)
     # fitness
-    fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | finetune (quick fine-tune on --task)
+    fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | cka (likeness to the teacher's representation there) | finetune (quick fine-tune on --task)
     # the data settings below default to those the checkpoint recorded when it was pre-trained
     corpus: list[str] | None = None  # the pre-training corpus (its dev split is held out from training)
     dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
@@ -71,8 +71,9 @@ class SearchConfig:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
         if self.fitness not in FITNESSES:
             raise ValueError(f"--fitness must be one of {FITNESSES}, got {self.fitness!r}")
-        if self.fitness == "kd" and not self.teacher:
-            raise ValueError("--fitness kd needs --teacher (the transformers encoder the SuperPLM was distilled from)")
+        if self.fitness in ("kd", "cka") and not self.teacher:
+            raise ValueError(f"--fitness {self.fitness} needs --teacher (the transformers encoder the SuperPLM was "
+                             "distilled from)")
         if self.fitness == "finetune" and not self.task:
             raise ValueError("--fitness finetune needs --task (a task folder with train/dev files, or a built-in task)")
         for name in ("budget", "dev_batches", "stop_after_generation", "seq_len"):

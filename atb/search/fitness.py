@@ -2,7 +2,8 @@
 what the SuperPLM was trained for.
 
 `DevLossFitness` scores MLM loss, or the KD loss against a teacher, on held-out dev blocks of the
-pre-training corpus: cheap (forward passes only). The slower, task-level alternative is
+pre-training corpus: cheap (forward passes only). `RepresentationFitness` scores how similar a
+sub-network's last-layer representation is to the teacher's on the same blocks. The slower, task-level alternative is
 `finetune_fitness.QuickFinetuneFitness`.
 
 Every score is a pure function of (weights, arch, data): evaluation runs in eval mode under inference_mode
@@ -81,6 +82,49 @@ class DevLossFitness:
                 parts = kd_losses(scores, mapped, t_out, b["attention_mask"])
                 total += float(sum(parts.values()))
         return total / len(self.batches)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment of two representations of the same n items ([n, d1] and [n, d2]):
+    1 when one is a rotation and rescaling of the other, whatever the two widths."""
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    norms = (x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt()
+    return float((y.T @ x).square().sum() / norms.clamp_min(1e-300))
+
+
+class RepresentationFitness:
+    """How much of the teacher's last-layer representation a sub-network carries: the mean of the linear CKA
+    over real tokens and over each block's first ([CLS]) token, on fixed dev batches; higher is better.
+
+    Unlike the KD loss it needs no projection, whose zero-padded channels flatter narrow sub-networks, and
+    it weighs the [CLS] state that sequence classifiers read (bench/RESULTS.md, proxy_rank)."""
+
+    higher_is_better = True
+    name = "cka"
+
+    def __init__(self, model: SuperBert, batches: list[Batch], teacher: Any, device: torch.device | str = "cpu"):
+        if not batches:
+            raise ValueError("no dev batches to evaluate on: the dev split is empty (raise --dev_fraction or use a "
+                             "larger corpus)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batches = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
+        self.masks = [b["attention_mask"].bool() for b in self.batches]
+        with torch.inference_mode():  # the teacher is the same for every candidate: run it once
+            hidden = [teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).hidden for b in self.batches]
+        self.teacher_tokens = torch.cat([h[m] for h, m in zip(hidden, self.masks)])
+        self.teacher_first = torch.cat([h[:, 0] for h in hidden])
+
+    @torch.inference_mode()
+    def __call__(self, arch: Arch) -> float:
+        self.model.space.validate(arch)
+        tokens, first = [], []
+        for b, m in zip(self.batches, self.masks):
+            hidden, _ = self.model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"], arch)
+            tokens.append(hidden[m])
+            first.append(hidden[:, 0])
+        return 0.5 * (linear_cka(torch.cat(tokens), self.teacher_tokens)
+                      + linear_cka(torch.cat(first), self.teacher_first))
 
 
 KD_PROJECTION_FILE = "kd_projection.safetensors"

@@ -137,11 +137,16 @@ def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path,
                                    cfg.data_seed, cfg.batch_size, cfg.dev_batches,
                                    cache_dir=str(out_dir / "data_cache"))
     teacher = projection = None
-    if cfg.fitness == "kd":
+    if cfg.fitness in ("kd", "cka"):
         from atb.train.objectives import Teacher, check_teacher_fits
 
         teacher = Teacher.load(cfg.teacher, device, torch.float32)
-        check_teacher_fits(teacher, model)
+        check_teacher_fits(teacher, model, compare_heads=cfg.fitness == "kd")
+    if cfg.fitness == "cka":
+        from atb.search.fitness import RepresentationFitness
+
+        return RepresentationFitness(model, batches, teacher, device)
+    if cfg.fitness == "kd":
         projection = load_kd_projection(weights)
         if projection is None:
             import warnings
