@@ -55,18 +55,24 @@ def from_model_space(dims) -> SearchSpace:
     return SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn))
 
 
-@pytest.mark.parametrize("estimator", ["activation", "taylor"])
-def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimator):
-    folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
-    importance, dims = importance_of(folder, estimator)
+def ordered_supernet(folder, importance, dims, tmp_path):
+    """The supernet of the from_model space initialised from `folder` reordered by every score."""
     order = importance.order(within_heads=True, hidden=True)
-    assert not torch.equal(order.hidden, torch.arange(dims.hidden))  # a real reordering is under test
     space = from_model_space(dims)
     write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
     ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
     supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
                                          max_position_embeddings=dims.max_positions)).eval()
     init_from_pretrained(supernet, ordered)
+    return supernet, order
+
+
+@pytest.mark.parametrize("estimator", ["activation", "taylor"])
+def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimator):
+    folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
+    importance, dims = importance_of(folder, estimator)
+    supernet, order = ordered_supernet(folder, importance, dims, tmp_path)
+    assert not torch.equal(order.hidden, torch.arange(dims.hidden))  # a real reordering is under test
     batch = padded_batch()
     with torch.no_grad():
         hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -180,14 +186,8 @@ def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_netw
     assert linear_cka(x, torch.randn(200, 24, dtype=torch.float64)) < 0.3
 
     folder = save_random_bert(tmp_path / "bert", layers=2, hidden=32, heads=4, ffn=64)
-    importance, dims = importance_of(folder)
-    order = importance.order(within_heads=True, hidden=True)
-    space = from_model_space(dims)
-    write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
-    ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
-    supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
-                                         max_position_embeddings=dims.max_positions)).eval()
-    init_from_pretrained(supernet, ordered)
+    supernet, _ = ordered_supernet(folder, *importance_of(folder), tmp_path)
+    space = supernet.space
     fitness = RepresentationFitness(supernet, [padded_batch(seed=s, batch=6) for s in range(3)],
                                     Teacher.load(str(folder), torch.device("cpu"), torch.float32))
     assert fitness(space.largest()) == pytest.approx(1.0, abs=1e-6)
