@@ -33,27 +33,40 @@ def saving(ckpt: Path) -> bool:
                                  and not (p / "atb_complete.json").exists() for p in ckpt.iterdir() if p.is_dir())
 
 
-def kill_run(args: list, ckpt: Path, rng: random.Random, during_save: bool, limit_s: float, log: Path) -> bool:
-    """Start a run and kill -9 its whole process group; False when it finished before the kill."""
+def latest_text(ckpt: Path) -> str | None:
+    latest = ckpt / "latest"
+    return latest.read_text() if latest.is_file() else None
+
+
+def kill_run(args: list, ckpt: Path, rng: random.Random, during_save: bool, log: Path) -> bool | None:
+    """Start a run and kill -9 its whole process group once it has saved something new: as soon as a save
+    is seen under way (`during_save`), else at a random moment up to a second after `latest` moved. None
+    when it finished before the kill, else whether a save was under way when the kill landed."""
     proc = launch(args, log)
-    deadline = time.monotonic() + (limit_s if during_save else rng.uniform(0.1, 0.7) * limit_s)
-    while time.monotonic() < deadline and proc.poll() is None:
+    before, deadline = latest_text(ckpt), None
+    while proc.poll() is None:
         if during_save and saving(ckpt):
             break
-        time.sleep(0.02)
+        if deadline is None and latest_text(ckpt) != before:
+            deadline = time.monotonic() + rng.uniform(0.0, 1.0)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(0.005)
     if proc.poll() is not None:
         assert proc.returncode == 0, log.read_text()[-3000:]
-        return False
+        return None
+    in_save = saving(ckpt)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return True
+    return in_save
 
 
 def test_kill_9_at_random_moments_and_during_saves_resumes_to_identical_weights(tmp_path):
     from atb.train.checkpointing import latest_tag
 
     kills = int(os.environ.get("ATB_KILLS", "20"))
-    schedule = {"steps": 12, "save_every": 2, "keep_last": 2, "ds_config": "zero2_fp32"}
+    # enough steps that every asked kill lands before the run can finish
+    schedule = {"steps": max(12, 8 * kills), "save_every": 2, "keep_last": 2, "ds_config": "zero2_fp32"}
     reference = tmp_path / "reference"
     started = time.monotonic()
     log = tmp_path / "runs.log"
@@ -62,14 +75,17 @@ def test_kill_9_at_random_moments_and_during_saves_resumes_to_identical_weights(
     out = tmp_path / "killed"
     args = tiny_pretrain_args(tmp_path, out, **schedule)
     rng = random.Random(0)
-    done_kills = 0
+    done_kills = in_saves = 0
     for i in range(kills):
-        if not kill_run(args, out / "checkpoints", rng, during_save=i % 2 == 1, limit_s=run_s, log=log):
+        landed = kill_run(args, out / "checkpoints", rng, during_save=i % 2 == 1, log=log)
+        if landed is None:
             break
         done_kills += 1
+        in_saves += landed
         latest_tag(out / "checkpoints")  # raises if `latest` names an incomplete or corrupt checkpoint
     assert launch(args, log).wait() == 0, log.read_text()[-3000:]
     assert done_kills >= min(kills, 1)
     weights = "supernet/model.safetensors"
     assert (out / weights).read_bytes() == (reference / weights).read_bytes()
-    print(f"KILLS {done_kills} resumed to identical weights; uninterrupted run {run_s:.0f} s")
+    print(f"KILLS {done_kills} of {kills} ({in_saves} during a save) resumed to identical weights; "
+          f"uninterrupted run {run_s:.0f} s")
