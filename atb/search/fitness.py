@@ -27,31 +27,39 @@ from atb.train.objectives import attention_score_mse, kd_losses
 Batch = dict[str, torch.Tensor]
 
 
-class DevLossFitness:
+class _DevBatchFitness:
+    """The SuperPLM in eval mode and the fixed dev batches, on one device."""
+
+    def __init__(self, model: SuperBert, batches: list[Batch], device: torch.device | str):
+        if not batches:
+            raise ValueError("no dev batches to evaluate on: the dev split is empty (raise --dev_fraction or use a "
+                             "larger corpus)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batches = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
+
+    @torch.inference_mode()
+    def _teacher_outputs(self, teacher: Any) -> list[Any]:
+        """The teacher on every dev batch: the same for every candidate, so it runs once."""
+        return [teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in self.batches]
+
+
+class DevLossFitness(_DevBatchFitness):
     """Mean loss per labelled token (MLM) or per batch (KD) over fixed dev batches; lower is better."""
 
     higher_is_better = False
 
     def __init__(self, model: SuperBert, batches: list[Batch], device: torch.device | str = "cpu",
                  objective: str = "mlm", teacher: Any = None, projection: Any = None):
-        if not batches:
-            raise ValueError("no dev batches to evaluate on: the dev split is empty (raise --dev_fraction or use a "
-                             "larger corpus)")
+        super().__init__(model, batches, device)
         if objective not in ("mlm", "kd"):
             raise ValueError(f"--fitness objective must be mlm or kd, got {objective!r}")
         if objective == "kd" and teacher is None:
             raise ValueError("KD fitness needs a teacher (--teacher, a transformers encoder folder)")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.batches = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
         self.objective = objective
         self.name = f"{objective}_dev_loss"
         self.projection = projection.to(self.device).eval() if projection is not None else None
-        self.teacher_outputs = None
-        if objective == "kd":
-            with torch.inference_mode():  # the teacher is the same for every candidate: run it once
-                self.teacher_outputs = [teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                                        for b in self.batches]
+        self.teacher_outputs = self._teacher_outputs(teacher) if objective == "kd" else None
 
     @torch.inference_mode()
     def __call__(self, arch: Arch) -> float:
@@ -92,7 +100,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((y.T @ x).square().sum() / norms.clamp_min(1e-300))
 
 
-class RepresentationFitness:
+class RepresentationFitness(_DevBatchFitness):
     """How much of the teacher's last-layer representation a sub-network carries: the mean of the linear CKA
     over real tokens and over each block's first ([CLS]) token, on fixed dev batches; higher is better.
 
@@ -103,15 +111,9 @@ class RepresentationFitness:
     name = "cka"
 
     def __init__(self, model: SuperBert, batches: list[Batch], teacher: Any, device: torch.device | str = "cpu"):
-        if not batches:
-            raise ValueError("no dev batches to evaluate on: the dev split is empty (raise --dev_fraction or use a "
-                             "larger corpus)")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.batches = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
+        super().__init__(model, batches, device)
         self.masks = [b["attention_mask"].bool() for b in self.batches]
-        with torch.inference_mode():  # the teacher is the same for every candidate: run it once
-            hidden = [teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).hidden for b in self.batches]
+        hidden = [out.hidden for out in self._teacher_outputs(teacher)]
         self.teacher_tokens = torch.cat([h[m] for h, m in zip(hidden, self.masks)])
         self.teacher_first = torch.cat([h[:, 0] for h in hidden])
 

@@ -65,15 +65,15 @@ def resolve_defaults(cfg: PretrainConfig) -> None:
 
 
 def resolve_space(cfg: PretrainConfig) -> SearchSpace:
+    source = compresses(cfg)
+    dims = source_dims(read_config(cfg.init_from)) if source or cfg.space == "from_model" else None
     if cfg.space != "from_model":
         space = SearchSpace.load(cfg.space)
     else:
-        dims = source_dims(read_config(cfg.init_from))
         space = SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn,
                                                         cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
-    if compresses(cfg):
-        d = source_dims(read_config(cfg.init_from))
-        check_within(space, d.layers, d.hidden, d.heads, d.qkv, d.ffn, cfg.init_from)
+    if source:
+        check_within(space, dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn, cfg.init_from)
     return space
 
 
