@@ -19,15 +19,17 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def fails_cleanly(tool: str, args: list, root: Path, names: str, nproc: int = 1) -> str:
+def fails_cleanly(tool: str, args: list, root: Path, names: str, nproc: int = 1,
+                  launcher: list[str] | None = None) -> str:
     """Run `tool`; assert exit 2, one error line naming `names`, no traceback and `root` untouched."""
     before = tree(root)
-    proc = run_tool(tool, args, nproc=nproc, check=False, timeout=300)
+    proc = run_tool(tool, args, nproc=nproc, check=False, timeout=300, launcher=launcher)
     errors = [line for line in proc.stderr.splitlines() if line.startswith(tool) and ": error: " in line]
     # torchrun itself exits 1 and prints its own report when a rank fails; the ranks add nothing to it
-    assert proc.returncode == (2 if nproc == 1 else 1), proc.stderr[-3000:]
+    under_torchrun = nproc > 1 and launcher is None
+    assert proc.returncode == (1 if under_torchrun else 2), proc.stderr[-3000:]
     assert len(errors) == 1 and names in errors[0], proc.stderr[-3000:]
-    assert proc.stderr.count("Traceback") == (0 if nproc == 1 else 1), proc.stderr[-3000:]
+    assert proc.stderr.count("Traceback") == (1 if under_torchrun else 0), proc.stderr[-3000:]
     assert nproc == 1 or "exitcode  : -15" not in proc.stderr  # the other rank ended with the same code
     assert tree(root) == before
     return errors[0]
@@ -187,3 +189,13 @@ def test_two_ranks_report_a_bad_corpus_once(tokenizer, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     fails_cleanly("pretrain", pretrain_args(tmp_path / "empty.txt", tokenizer, tmp_path / "out"), tmp_path,
                   "empty.txt", nproc=2)
+
+
+def test_two_ranks_under_the_deepspeed_launcher_exit_2_without_a_traceback(tokenizer, tmp_path):
+    from conftest import PYTHON, REPO
+    from launching import free_port
+
+    (tmp_path / "empty.txt").write_bytes(b"")
+    launcher = ["env", f"PYTHON={PYTHON}", f"MASTER_PORT={free_port()}", "bash", str(REPO / "launch" / "local.sh"), "2"]
+    fails_cleanly("pretrain", pretrain_args(tmp_path / "empty.txt", tokenizer, tmp_path / "out"), tmp_path,
+                  "empty.txt", launcher=launcher)
