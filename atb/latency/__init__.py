@@ -5,15 +5,16 @@
     sampling.py    which archs to measure (stratified over the space)
     table.py       the JSONL latency table (append-only, resumable)
     features.py    FLOPs, params and the log features the predictor sees
-    predictor.py   LatencyPredictor (log-space linear + MLP ensemble; safetensors + JSON) and the linear baseline
+    predictor.py   LatencyPredictor (layered exponential-unit nets; safetensors + JSON)
     metrics.py     MAPE, RMSE, R², Kendall tau, noise floor
-    evaluation.py  held-out split, fit both models, report
+    evaluation.py  held-out split, fit the predictor and a linear baseline on it, report
     targets.py     "12ms" / "4x" (over the largest arch or BERT-base) -> milliseconds
     jobs.py        the measure / fit / predict jobs of tools/latency.py
 """
 
+from atb.latency.evaluation import LinearBaseline
 from atb.latency.measure import Measurement, MeasureSettings, measure_latency
-from atb.latency.predictor import FitOptions, LatencyPredictor, LinearBaseline
+from atb.latency.predictor import FitOptions, LatencyPredictor
 from atb.latency.sampling import sample_archs
 from atb.latency.table import latencies, read_table
 from atb.latency.targets import REFERENCE_ARCHS, parse_target, reference_arch

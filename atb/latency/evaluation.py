@@ -13,9 +13,30 @@ from typing import Any
 import numpy as np
 
 from atb.latency.metrics import noise_floor, report
-from atb.latency.predictor import FitOptions, LatencyPredictor, LinearBaseline
+from atb.latency.features import arch_flops, arch_params
+from atb.latency.predictor import FitOptions, LatencyPredictor, least_squares, zscore_stats
 from atb.latency.table import check_consistent, latencies
 from atb.space import Arch, SearchSpace
+
+
+class LinearBaseline:
+    """Ordinary least squares of milliseconds on the z-scored arch fields, FLOPs and parameter count."""
+
+    def __init__(self, batch: int, seq: int):
+        self.batch, self.seq = batch, seq
+
+    def _x(self, archs: list[Arch]) -> np.ndarray:
+        return np.array([[a.layers, a.hidden, a.heads, a.qkv, a.ffn, arch_flops(a, self.batch, self.seq),
+                          arch_params(a)] for a in archs], float)
+
+    def fit(self, archs: list[Arch], latencies_ms: np.ndarray) -> "LinearBaseline":
+        x = self._x(archs)
+        self.mean, self.std = zscore_stats(x)
+        self.w, self.b = least_squares((x - self.mean) / self.std, np.asarray(latencies_ms, float))
+        return self
+
+    def predict(self, archs: list[Arch]) -> np.ndarray:
+        return ((self._x(archs) - self.mean) / self.std) @ self.w + self.b
 
 
 @dataclass

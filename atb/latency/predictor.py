@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from atb.fsutil import atomic_dir, read_json
-from atb.latency.features import FIXED_FEATURES, LAYER_FEATURES, arch_flops, arch_params, feature_matrix
+from atb.latency.features import FIXED_FEATURES, LAYER_FEATURES, feature_matrix
 from atb.space import Arch, SearchSpace
 
 WEIGHTS_FILE = "predictor.safetensors"
@@ -65,7 +65,7 @@ class FitOptions:
     seed: int = 0
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
+def least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
     """w, b minimising |x w + b - y|² (tiny ridge: features such as vanilla may be constant)."""
     design = np.hstack([x, np.ones((len(x), 1))])
     gram = design.T @ design + ridge * np.eye(design.shape[1])
@@ -79,7 +79,7 @@ def _train_net(x_layer: torch.Tensor, x_fixed: torch.Tensor, log_layers: torch.T
     stopping an unpenalised fit early and, unlike early stopping, does not underfit a noise-free function."""
     torch.manual_seed(seed)
     net = _LayeredLatencyNet(x_layer.shape[1], x_fixed.shape[1], opts.terms).double()
-    w, b = _least_squares(x_layer.numpy(), (log_ms - log_layers).numpy())
+    w, b = least_squares(x_layer.numpy(), (log_ms - log_layers).numpy())
     with torch.no_grad():
         net.terms.weight.normal_(0.0, 0.3)
         net.terms.weight[0] = torch.from_numpy(w)
@@ -140,7 +140,7 @@ def _net_inputs(archs: list[Arch], x_layer: np.ndarray, x_fixed: np.ndarray, nor
             torch.log(torch.tensor([float(a.layers) for a in archs], dtype=torch.float64)))
 
 
-def _zscore_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def zscore_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(0)
     std[std < 1e-12] = 1.0
     return x.mean(0), std
@@ -206,8 +206,8 @@ class LatencyPredictor:
         layer_names, fixed_names = list(LAYER_FEATURES), list(FIXED_FEATURES)
         x_layer = feature_matrix(archs, settings["batch"], settings["seq"], layer_names, LAYER_FEATURES)
         x_fixed = feature_matrix(archs, settings["batch"], settings["seq"], fixed_names, FIXED_FEATURES)
-        layer_mean, layer_std = _zscore_stats(x_layer)
-        fixed_mean, fixed_std = _zscore_stats(x_fixed)
+        layer_mean, layer_std = zscore_stats(x_layer)
+        fixed_mean, fixed_std = zscore_stats(x_fixed)
         normalisation = {"layer_mean": layer_mean, "layer_std": layer_std, "fixed_mean": fixed_mean,
                          "fixed_std": fixed_std}
         tensors = (*_net_inputs(archs, x_layer, x_fixed, normalisation), torch.from_numpy(np.log(y_ms)))
@@ -287,23 +287,3 @@ class LatencyPredictor:
                    layer_features=meta["layer_features"], fixed_features=meta["fixed_features"],
                    normalisation=normalisation, terms=meta["terms"], ridge=meta["ridge"], nets=nets,
                    statistic=meta["statistic"], metrics=meta.get("metrics", {}))
-
-
-class LinearBaseline:
-    """Ordinary least squares of milliseconds on the z-scored arch fields, FLOPs and parameter count."""
-
-    def __init__(self, batch: int, seq: int):
-        self.batch, self.seq = batch, seq
-
-    def _x(self, archs: list[Arch]) -> np.ndarray:
-        return np.array([[a.layers, a.hidden, a.heads, a.qkv, a.ffn, arch_flops(a, self.batch, self.seq),
-                          arch_params(a)] for a in archs], float)
-
-    def fit(self, archs: list[Arch], latencies_ms: np.ndarray) -> "LinearBaseline":
-        x = self._x(archs)
-        self.mean, self.std = _zscore_stats(x)
-        self.w, self.b = _least_squares((x - self.mean) / self.std, np.asarray(latencies_ms, float))
-        return self
-
-    def predict(self, archs: list[Arch]) -> np.ndarray:
-        return ((self._x(archs) - self.mean) / self.std) @ self.w + self.b

@@ -9,6 +9,8 @@ TinyBert checkpoint with qkv == hidden is also a BERT checkpoint.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,22 +34,16 @@ class TinyBertConfig(PretrainedConfig):
                  pad_token_id: int = 0, classifier_dropout: float | None = None, **kwargs):
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.qkv_size = qkv_size if qkv_size is not None else hidden_size
         if self.qkv_size % num_attention_heads:
             raise ValueError(f"qkv_size {self.qkv_size} is not divisible by {num_attention_heads} heads")
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
+        self.intermediate_size, self.hidden_act = intermediate_size, hidden_act
+        self.hidden_dropout_prob, self.attention_probs_dropout_prob = hidden_dropout_prob, attention_probs_dropout_prob
         self.classifier_dropout = classifier_dropout
+        self.max_position_embeddings, self.type_vocab_size = max_position_embeddings, type_vocab_size
+        self.initializer_range, self.layer_norm_eps = initializer_range, layer_norm_eps
 
 
 class TinyBertEmbeddings(nn.Module):
@@ -88,22 +84,25 @@ class TinyBertSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)
 
 
-class TinyBertSelfOutput(nn.Module):
-    def __init__(self, config: TinyBertConfig):
+class TinyBertOutput(nn.Module):
+    """Projects a block's result back to the hidden size, adds the residual and normalises (the attention
+    block's `attention.output` and the FFN's `output`, as in BERT)."""
+
+    def __init__(self, config: TinyBertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(config.qkv_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, attn: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(attn)) + residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class TinyBertAttention(nn.Module):
     def __init__(self, config: TinyBertConfig):
         super().__init__()
         self.self = TinyBertSelfAttention(config)
-        self.output = TinyBertSelfOutput(config)
+        self.output = TinyBertOutput(config, config.qkv_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, mask), x)
@@ -118,23 +117,12 @@ class TinyBertIntermediate(nn.Module):
         return F.gelu(self.dense(x))
 
 
-class TinyBertOutput(nn.Module):
-    def __init__(self, config: TinyBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, ff: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(ff)) + residual)
-
-
 class TinyBertLayer(nn.Module):
     def __init__(self, config: TinyBertConfig):
         super().__init__()
         self.attention = TinyBertAttention(config)
         self.intermediate = TinyBertIntermediate(config)
-        self.output = TinyBertOutput(config)
+        self.output = TinyBertOutput(config, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.attention(x, mask)
@@ -159,10 +147,6 @@ class TinyBertPooler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(x[:, 0]))
-
-
-def _exporting() -> bool:
-    return bool(getattr(torch.compiler, "is_exporting", lambda: False)())  # older torch: no torch.export
 
 
 class TinyBertPreTrainedModel(PreTrainedModel):
@@ -192,7 +176,8 @@ class TinyBertModel(TinyBertPreTrainedModel):
         # A boolean mask keeps SDPA on its fused kernels; None (no padding) is cheaper still. An exported
         # graph (ONNX) cannot branch on values, so it always takes the masked path, right for any input.
         mask = None
-        if attention_mask is not None and (_exporting() or not bool(attention_mask.all())):
+        exporting = bool(getattr(torch.compiler, "is_exporting", lambda: False)())  # older torch: no torch.export
+        if attention_mask is not None and (exporting or not bool(attention_mask.all())):
             mask = attention_mask[:, None, None, :].bool()
         x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
         pooled = self.pooler(x) if self.pooler is not None else None
@@ -221,15 +206,6 @@ class TinyBertLMPredictionHead(nn.Module):
         return self.decoder(self.transform(x))
 
 
-class TinyBertOnlyMLMHead(nn.Module):
-    def __init__(self, config: TinyBertConfig):
-        super().__init__()
-        self.predictions = TinyBertLMPredictionHead(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictions(x)
-
-
 class TinyBertForMaskedLM(TinyBertPreTrainedModel):
     _tied_weights_keys = {
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -239,7 +215,8 @@ class TinyBertForMaskedLM(TinyBertPreTrainedModel):
     def __init__(self, config: TinyBertConfig):
         super().__init__(config)
         self.bert = TinyBertModel(config, add_pooling_layer=False)
-        self.cls = TinyBertOnlyMLMHead(config)
+        # called like BERT's BertOnlyMLMHead, with its parameter names (cls.predictions.*)
+        self.cls = nn.Sequential(OrderedDict(predictions=TinyBertLMPredictionHead(config)))
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -275,22 +252,19 @@ class TinyBertForSequenceClassification(TinyBertPreTrainedModel):
                 **kwargs) -> SequenceClassifierOutput:
         pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output
         logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            if self.config.problem_type is None:
-                if self.num_labels == 1:
-                    self.config.problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    self.config.problem_type = "single_label_classification"
-                else:
-                    self.config.problem_type = "multi_label_classification"
-            if self.config.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
-            elif self.config.problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.float())
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=None if labels is None else self.loss(logits, labels), logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss BertForSequenceClassification picks for the same config and labels."""
+        if self.config.problem_type is None:
+            integral = labels.dtype in (torch.long, torch.int)
+            self.config.problem_type = ("regression" if self.num_labels == 1 else
+                                        "single_label_classification" if integral else "multi_label_classification")
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
 
 
 class TinyBertForQuestionAnswering(TinyBertPreTrainedModel):
