@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(INSTALL)
 
+# Two workers, whole files each (module fixtures are built once): most tests start tools as subprocesses
+# whose imports leave the second core idle.
+TEST_WORKERS ?= 2
+
 test: $(INSTALL)
-	$(TEST_ENV) $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(INSTALL)
 	$(TEST_ENV) $(PY) -m pytest -q -m slow

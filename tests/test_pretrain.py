@@ -59,7 +59,7 @@ def test_report_to_takes_a_list_of_trackers(corpus_and_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("stage,sampling", [
-    (1, "uniform"), (2, "sandwich"), (3, "uniform"), (3, "sandwich"),
+    (1, "uniform"), (2, "sandwich"), (3, "sandwich"), pytest.param(3, "uniform", marks=SLOW),
     pytest.param(1, "sandwich", marks=SLOW), pytest.param(2, "uniform", marks=SLOW)])
 def test_zero_stages_train_and_agree_across_ranks(corpus_and_tokenizer, tmp_path, stage, sampling):
     out = tmp_path / "run"
