@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForMaskedLM
@@ -71,6 +72,11 @@ def test_micro_demo_end_to_end(tmp_path, source):
         metrics = json.loads((out / "finetune" / "movie_sentiment" / reference / "metrics.json").read_text())
         assert metrics["sizes"]["train_used"] == 64 and f"| {reference} |" in report
     assert (out / "plots" / "pretrain_loss.png").is_file()
+    deployed = json.loads((out / "deploy" / "latency.json").read_text())["ms"]
+    assert set(deployed) == {row["arch_name"] for row in manifest} | {"source"}
+    assert all(ms["torch"] > 0 and ms["onnxruntime-int8"] > 0 for ms in deployed.values())
+    assert all((Path(row["path"]) / "model.int8.onnx").is_file() for row in manifest)
+    assert "ORT int8" in report
     # a second run reuses every stage
     again = subprocess.run(demo, capture_output=True, text=True, timeout=300, env={**os.environ, **DIST_ENV}, cwd=REPO)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 5
+    assert again.returncode == 0 and again.stdout.count("reusing") == 6

@@ -22,6 +22,8 @@ def test_builtin_tasks_load_with_their_sizes():
         assert tuple(len(task.splits[s]) for s in ("train", "dev", "test")) == sizes
         assert tuple(sum(task.splits[s]["label"]) for s in ("train", "dev", "test")) == positives
         assert task.text_columns == ["sentence"] and task.files["train"].name == "train.tsv.gz"
+    without_test = load_task(task_cfg("sms_spam", eval_test=False))
+    assert set(without_test.splits) == {"train", "dev"} and "test" not in without_test.files
 
 
 def test_headerless_and_explicitly_named_columns(tmp_path):

@@ -74,9 +74,11 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
     lines += _rows_used(out, tasks)
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
     lines += ["## Models", "",
-              "| arch | target | params (M) | predicted ms | measured ms | speed-up vs source | dev KD loss | "
-              + " | ".join(f"{t} acc (majority) | retained" for t in tasks) + " |",
-              "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(tasks)]
+              "| arch | target | params (M) | predicted ms | measured ms | speed-up vs source | ORT int8 ms | "
+              "ORT int8 speed-up | dev KD loss | " + " | ".join(f"{t} acc (majority) | retained" for t in tasks) + " |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(tasks)]
+    deployed = _read(out / "deploy" / "latency.json") or {"ms": {}}
+    ort = {name: ms.get("onnxruntime-int8") for name, ms in deployed["ms"].items()}
     accs: dict[tuple[str, str], float | None] = {}
     for name in [row["arch_name"] for row in manifest["models"]] + list(REFERENCES):
         for task in tasks:
@@ -93,8 +95,10 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
         params = row.get("params")
         lines.append(f"| {row['arch_name']} | {row.get('target') or '-'} | {_fmt(params and params / 1e6)} | "
                      f"{_fmt(row.get('predicted_ms'))} | {_fmt(row.get('measured_ms'))} | "
-                     f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(row.get('dev_loss'), '.3f')} | "
-                     + " | ".join(cells) + " |")
+                     f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(ort.get(row['arch_name']))} | "
+                     f"{_fmt(_ratio(ort.get('source'), ort.get(row['arch_name'])))} | "
+                     f"{_fmt(row.get('dev_loss'), '.3f')} | " + " | ".join(cells) + " |")
+    lines += _deploy_note(deployed)
     pairs = (_read(out / "develop_picks.json") or {}).get("pairs", {})
     lines += ["", "## The paper's claim: searched arch vs BERT-ratio arch at the same latency", "",
               "| task | target | searched arch | acc | BERT-ratio arch | acc | searched better |",
@@ -129,6 +133,22 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines) + "\n")
     return report
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _deploy_note(deployed: dict) -> list[str]:
+    """How the ORT int8 column was measured, with the source's PyTorch and ORT times side by side."""
+    settings, source = deployed.get("settings"), deployed["ms"].get("source")
+    if not settings or not source:
+        return []
+    return ["", f"`measured ms`: PyTorch eager on the predictor's device. `ORT int8 ms`: the encoder exported to "
+                f"ONNX with int8 dynamic quantization, on ONNX Runtime (CPU, {settings['threads']} thread(s), batch "
+                f"{settings['batch']}, {settings['seq']} tokens), each model timed on both runtimes one right after the other: "
+                f"the source takes {source['torch']:.2f} ms in PyTorch fp32 and {source['onnxruntime-int8']:.2f} ms "
+                "on ORT int8 (every model's pair in deploy/latency.json)."]
 
 
 def _rows_used(out: Path, tasks: list[str]) -> list[str]:

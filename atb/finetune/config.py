@@ -26,6 +26,7 @@ class FinetuneConfig:
     train_file: str | None = None  # override the file found in --task (any of tsv/csv/jsonl/json[.gz])
     dev_file: str | None = None  # override the dev file found in --task
     test_file: str | None = None  # evaluated too when it has labels
+    eval_test: bool = True  # also score the test split (found in --task or given) when it has labels
     tokenizer: str | None = None  # tokenizer folder when the export has none
     max_seq_len: int = 128  # tokens per example (longer ones are truncated; QA: window length)
     doc_stride: int = 32  # QA: tokens shared by consecutive windows over a long context

@@ -65,7 +65,7 @@ def subsample(dataset: datasets.Dataset, limit: int | None, seed: int | None) ->
 
 def _split_paths(cfg: FinetuneConfig, folder: Path | None) -> dict[str, Path]:
     paths: dict[str, Path] = {}
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test") if cfg.eval_test else ("train", "dev"):
         explicit = getattr(cfg, f"{split}_file")
         if explicit:
             path = Path(explicit).expanduser()
