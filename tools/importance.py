@@ -50,14 +50,14 @@ def run(cfg: ImportanceConfig) -> None:
                              importance=cfg.estimator, space=cfg.space, hidden_step=cfg.hidden_step,
                              ffn_step=cfg.ffn_step, head_dim_step=cfg.head_dim_step, seed=cfg.seed,
                              reorder="importance")
-    compress.resolve_defaults(run_cfg)
+    source = compress.resolve_defaults(run_cfg)
     run_cfg.validate()
-    space = compress.resolve_space(run_cfg)
-    compress.preflight(run_cfg, space)
+    space = compress.resolve_space(run_cfg, source)
+    compress.preflight(run_cfg, space, source)
     env = init_distributed()
     out = Path(cfg.out_dir)
     tokenizer, blocks = prepare_data(run_cfg, env, out)
-    ordered = compress.order_for_run(run_cfg, env, out, blocks["train"], tokenizer, space)
+    ordered = compress.order_for_run(run_cfg, env, out, blocks["train"], tokenizer, space, source)
     if env.is_main:
         print(f"importance: {out / 'importance.json'}\nordered copy: {ordered}")
 

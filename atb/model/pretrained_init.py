@@ -21,12 +21,6 @@ HEAD_ROWS = (".attention.self.query.", ".attention.self.key.", ".attention.self.
 HEAD_COLS = ".attention.output.dense.weight"
 
 
-def load_bert_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The folder's weights (BertForMaskedLM names) and config; a non-BERT-family folder is refused."""
-    config = read_config(folder)
-    return load_state(folder), config
-
-
 def _overlap_heads(dst: torch.Tensor, src: torch.Tensor, dim: int, dst_heads: int, src_heads: int) -> None:
     d_view = dst.unflatten(dim, (dst_heads, -1))
     s_view = src.unflatten(dim, (src_heads, -1))
@@ -43,7 +37,8 @@ def _overlap(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 @torch.no_grad()
 def init_from_pretrained(model: SuperBert, folder: str | Path) -> dict[str, list[str]]:
-    state, config = load_bert_state(folder)
+    config = read_config(folder)  # refuses a folder that is not BERT-family before the weights are read
+    state = load_state(folder)  # BertForMaskedLM names
     src_heads = int(config.get("num_attention_heads", model.space.heads.max))
     dst_heads = model.space.heads.max
     copied, skipped = [], []

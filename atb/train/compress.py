@@ -9,13 +9,15 @@ the largest sub-network *is* the source, and distillation from it (the default o
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from atb.model.bert_source import build_model, content_hash, has_mlm_head, read_config, source_dims
+from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
 from atb.model.importance import compute_importance
 from atb.model.ordering import IMPORTANCE_FILE, read_importance, write_importance, write_ordered_folder
 from atb.model.supernet_io import is_supernet_folder
@@ -29,17 +31,36 @@ ORDERED_DIR = "source_ordered"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
+@dataclass
+class Source:
+    """The pre-trained folder a run compresses, read once: its config and shape, and its content hash (a
+    pass over the weights) on first use."""
+
+    path: Path
+    config: dict[str, Any]
+    dims: SourceDims
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Source":
+        config = read_config(folder)
+        return cls(Path(folder), config, source_dims(config))
+
+    @cached_property
+    def content_hash(self) -> str:
+        return content_hash(self.path)
+
+
 def compresses(cfg: PretrainConfig) -> bool:
     """Whether this run shrinks a transformers folder (rather than starting from scratch or a SuperPLM)."""
     return bool(cfg.init_from) and not is_supernet_folder(Path(cfg.init_from))
 
 
-def resolve_defaults(cfg: PretrainConfig) -> None:
+def resolve_defaults(cfg: PretrainConfig) -> Source | None:
     """Fill the `auto` fields: compression runs default to the source's space, tokenizer, importance order
-    and distillation from the source; other runs keep the from-scratch defaults."""
-    source = compresses(cfg)
+    and distillation from the source; other runs keep the from-scratch defaults. Returns the source read
+    (None when the run does not compress one)."""
+    source = Source.read(cfg.init_from) if compresses(cfg) else None
     if source:
-        dims = source_dims(read_config(cfg.init_from))
         if cfg.train_tokenizer_vocab > 0:
             raise ValueError("--train_tokenizer_vocab cannot be used with --init_from a pre-trained model: "
                              "its embeddings belong to its own tokenizer")
@@ -47,7 +68,7 @@ def resolve_defaults(cfg: PretrainConfig) -> None:
             has_tokenizer = any((Path(cfg.init_from) / f).is_file() for f in TOKENIZER_FILES)
             cfg.tokenizer = cfg.init_from if has_tokenizer else "demo"
         if cfg.max_positions == 0:
-            cfg.max_positions = dims.max_positions
+            cfg.max_positions = source.dims.max_positions
     cfg.tokenizer = "demo" if cfg.tokenizer == "auto" else cfg.tokenizer
     cfg.max_positions = cfg.max_positions or 512
     if cfg.space == "auto":
@@ -62,43 +83,40 @@ def resolve_defaults(cfg: PretrainConfig) -> None:
         raise ValueError("--space from_model needs --init_from <a BERT-family transformers folder>")
     if cfg.reorder == "importance" and not source:
         raise ValueError("--reorder importance needs --init_from <a BERT-family transformers folder>")
+    return source
 
 
-def resolve_space(cfg: PretrainConfig) -> SearchSpace:
-    source = compresses(cfg)
-    dims = source_dims(read_config(cfg.init_from)) if source or cfg.space == "from_model" else None
-    if cfg.space != "from_model":
-        space = SearchSpace.load(cfg.space)
-    else:
-        space = SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn,
-                                                        cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
+def resolve_space(cfg: PretrainConfig, source: Source | None) -> SearchSpace:
+    """The run's space: a preset or file, or (from_model, compression runs only) derived from the source."""
+    space = SearchSpace.load(cfg.space) if cfg.space != "from_model" else None
     if source:
-        check_within(space, dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn, cfg.init_from)
+        d = source.dims
+        space = space or SearchSpace.from_spec(space_from_source(d.layers, d.hidden, d.heads, d.qkv, d.ffn,
+                                                                 cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
+        check_within(space, d.layers, d.hidden, d.heads, d.qkv, d.ffn, cfg.init_from)
     return space
 
 
-def preflight(cfg: PretrainConfig, space: SearchSpace) -> None:
+def preflight(cfg: PretrainConfig, space: SearchSpace, source: Source) -> None:
     """The checks that must fail before anything is written: the tokenizer fits the source, and an existing
     importance file was computed for this source, space and estimator."""
     from atb.data import load_tokenizer
 
-    check_tokenizer(cfg, load_tokenizer(cfg.tokenizer))
+    check_tokenizer(cfg, load_tokenizer(cfg.tokenizer), source)
     path = importance_path(cfg, Path(cfg.out_dir))
     if cfg.reorder == "importance" and path.is_file():
-        source = Path(cfg.init_from)
-        read_importance(path, content_hash(source), space.to_spec(), cfg.importance, source_dims(read_config(source)))
+        read_importance(path, source.content_hash, space.to_spec(), cfg.importance, source.dims)
 
 
 def importance_path(cfg: PretrainConfig, out: Path) -> Path:
     return Path(cfg.importance_file) if cfg.importance_file else out / IMPORTANCE_FILE
 
 
-def check_tokenizer(cfg: PretrainConfig, tokenizer) -> None:
+def check_tokenizer(cfg: PretrainConfig, tokenizer, folder: Source) -> None:
     """The run's tokenizer must be the one the source was trained with: same vocabulary, same ids."""
     from atb.data import load_tokenizer
 
-    source = Path(cfg.init_from)
-    vocab_size = source_dims(read_config(source)).vocab_size
+    source, vocab_size = folder.path, folder.dims.vocab_size
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens but the source {source} has a "
                          f"vocab of {vocab_size}: use the source's own tokenizer (--tokenizer {source})")
@@ -125,38 +143,37 @@ def calibration_batches(blocks, tokenizer, samples: int, batch_size: int, seed: 
     return [{k: v.to(env.device) for k, v in b.items()} for b in batches]
 
 
-def ordered_source(source: Path, out: Path, importance_file: Path, estimator: str, space: SearchSpace,
+def ordered_source(source: Source, out: Path, importance_file: Path, estimator: str, space: SearchSpace,
                    batches: list[dict[str, torch.Tensor]], env: DistEnv, calibration: dict[str, Any]) -> Path:
     """`importance_file` (reused when it fits this source, space and estimator, else computed from this rank's
     calibration `batches` and written) and `out`/source_ordered, the source with its units in that order."""
-    dims = source_dims(read_config(source))
-    source_hash = content_hash(source)
     spec = space.to_spec()
     if importance_file.is_file():
-        _, order = read_importance(importance_file, source_hash, spec, estimator, dims)
+        _, order = read_importance(importance_file, source.content_hash, spec, estimator, source.dims)
         log.info("reusing importance orders from %s", importance_file)
     else:
-        with_head = estimator == "taylor" and has_mlm_head(source)
-        model = build_model(source, read_config(source), with_mlm_head=with_head).to(env.device)
-        importance = compute_importance(model, batches, dims, estimator, _sum_over_ranks)
+        with_head = estimator == "taylor" and has_mlm_head(source.path)
+        model = build_model(source.path, source.config, with_mlm_head=with_head).to(env.device)
+        importance = compute_importance(model, batches, source.dims, estimator, _sum_over_ranks)
         order = importance.order()
         if env.is_main:
-            write_importance(importance_file, importance, order, source, source_hash, spec,
+            write_importance(importance_file, importance, order, source.path, source.content_hash, spec,
                              {**calibration, "samples": importance.samples})
         barrier()
     dest = out / ORDERED_DIR
     if env.is_main:
-        write_ordered_folder(source, order, dest, importance_file)
+        write_ordered_folder(source.path, order, dest, importance_file)
     barrier()
     return dest
 
 
-def order_for_run(cfg: PretrainConfig, env: DistEnv, out: Path, blocks, tokenizer, space: SearchSpace) -> Path:
+def order_for_run(cfg: PretrainConfig, env: DistEnv, out: Path, blocks, tokenizer, space: SearchSpace,
+                  source: Source) -> Path:
     """`ordered_source` with the pre-training run's calibration settings."""
     path = importance_path(cfg, out)
     batches = [] if path.is_file() else calibration_batches(blocks, tokenizer, cfg.calib_samples, cfg.micro_batch,
                                                             cfg.seed, env)
-    return ordered_source(Path(cfg.init_from), out, path, cfg.importance, space, batches, env,
+    return ordered_source(source, out, path, cfg.importance, space, batches, env,
                           {"seq_len": cfg.seq_len, "corpus": cfg.corpus, "seed": cfg.seed})
 
 

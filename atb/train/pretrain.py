@@ -54,20 +54,20 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
 
 
 def train(cfg: PretrainConfig) -> dict[str, Any]:
-    compress.resolve_defaults(cfg)
+    source = compress.resolve_defaults(cfg)
     cfg.validate()
-    space = compress.resolve_space(cfg)
-    if compress.compresses(cfg):
-        compress.preflight(cfg, space)
+    space = compress.resolve_space(cfg, source)
+    if source:
+        compress.preflight(cfg, space, source)
     env = init_distributed()
     out = Path(cfg.out_dir)
     tokenizer, blocks = prepare_data(cfg, env, out)
     if env.is_main:  # the resolved space, for the jobs that follow (latency measure --space <this file>)
         write_text_atomic(out / "space.yaml", yaml.safe_dump(space.to_spec(), sort_keys=False))
     ordered, source_is_teacher = None, False
-    if compress.compresses(cfg):
+    if source:
         if cfg.reorder == "importance":
-            ordered = compress.order_for_run(cfg, env, out, blocks["train"], tokenizer, space)
+            ordered = compress.order_for_run(cfg, env, out, blocks["train"], tokenizer, space, source)
         source_is_teacher = cfg.objective == "kd" and Path(cfg.teacher).resolve() == Path(cfg.init_from).resolve()
         if source_is_teacher:
             cfg.teacher = str(ordered or cfg.init_from)  # the source itself, in the supernet's unit order
@@ -79,7 +79,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
         check_teacher_fits(teacher, model)
     # a student sliced from the teacher's own ordered weights shares its hidden basis: start the projection
     # to the teacher's width at identity, so each sub-network's leading channels already match
-    same_basis = teacher is not None and compress.compresses(cfg) and source_is_teacher
+    same_basis = teacher is not None and source is not None and source_is_teacher
     module = SuperPLMTrainModule(model, cfg.objective, teacher.hidden_size if teacher else None, cfg.inplace_distill,
                                  identity_projection=same_basis)
     fixed = tuple(Arch.parse(a) for a in cfg.fixed_archs)
