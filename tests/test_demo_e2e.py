@@ -74,7 +74,7 @@ def test_micro_demo_end_to_end(tmp_path, source):
     assert (out / "plots" / "pretrain_loss.png").is_file()
     deployed = json.loads((out / "deploy" / "latency.json").read_text())["ms"]
     assert set(deployed) == {row["arch_name"] for row in manifest} | {"source"}
-    assert all(ms["torch"] > 0 and ms["onnxruntime-int8"] > 0 for ms in deployed.values())
+    assert all(ms > 0 for ms in deployed.values())
     assert all((Path(row["path"]) / "model.int8.onnx").is_file() for row in manifest)
     assert "ORT int8" in report
     # a second run reuses every stage

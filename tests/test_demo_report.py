@@ -88,13 +88,13 @@ def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
         _write(tmp_path / "finetune" / "movie_sentiment" / name / "metrics.json",
                {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}, "params": 22e6,
                 "sizes": {"train": 8000, "train_used": 2000}})
-    _write(tmp_path / "deploy" / "latency.json", {"settings": {"threads": 1, "batch": 1, "seq": 128}, "ms": {
-        "L2_H96_A12_Q96_F384": {"torch": 6.0, "onnxruntime-int8": 5.0}, "source": {"torch": 24.0, "onnxruntime-int8": 20.0}}})
+    _write(tmp_path / "deploy" / "latency.json", {"settings": {"threads": 1, "batch": 1, "seq": 128},
+                                                   "ms": {"L2_H96_A12_Q96_F384": 5.0, "source": 20.0}})
     text = write_report(tmp_path, ["movie_sentiment"], {}, 0).read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "| 0.720 (0.500) | 80.0% |" in rows["L2_H96_A12_Q96_F384"]  # 0.72 / 0.90 of the source kept
     assert "| 5.00 | 4.00 |" in rows["L2_H96_A12_Q96_F384"] and "| 20.00 | 1.00 |" in rows["source"]  # ORT int8
-    assert "the source takes 24.00 ms in PyTorch fp32 and 20.00 ms on ORT int8" in text
+    assert "ONNX Runtime (CPU, 1 thread(s), batch 1, 128 tokens)" in text
     assert "fine-tuned the same way" in rows["source"] and "| 0.900 (0.500) | 100.0% |" in rows["source"]
     assert "TF-IDF" in rows["tfidf"] and "0.750 (0.500)" in rows["tfidf"]
     assert "2000 of 8000 training rows" in text

@@ -1,7 +1,6 @@
 """The demo's deployment check: each developed model and the source exported to ONNX (int8 dynamic
-quantization) and timed on ONNX Runtime and in PyTorch eager, one right after the other, with the
-settings of the demo's latency table. The report then shows whether a speed-up found in PyTorch holds
-where such models are served.
+quantization) and timed on ONNX Runtime with the settings of the demo's latency table, one after the
+other, so that the report shows whether a speed-up found in PyTorch holds where such models are served.
 
     python -m atb.demo.deploy_latency export FOLDER [FOLDER ...]   # several processes may share the work
     python -m atb.demo.deploy_latency time OUT_DIR                   # alone on the machine: it times
@@ -16,13 +15,12 @@ from pathlib import Path
 
 from atb.deploy.latency import measure_folder_latency
 from atb.deploy.onnx_export import export_folder
-from atb.deploy.runtime import ORT_INT8, TORCH
+from atb.deploy.runtime import ORT_INT8
 from atb.fsutil import read_json, write_json_atomic
 from atb.latency.measure import MeasureSettings
 from atb.latency.predictor import LatencyPredictor
 
 RESULT_FILE = "latency.json"
-RUNTIMES = (TORCH, ORT_INT8)
 SOURCE_ROW = "source"
 
 
@@ -42,17 +40,16 @@ def copy_source(out: Path) -> None:
 
 
 def time_folders(out: Path) -> Path:
-    """Median ms of every deploy folder on each runtime, written to <out>/deploy/latency.json."""
+    """Median ms of every deploy folder on ONNX Runtime int8, written to <out>/deploy/latency.json."""
     # the predictor's batch, sequence and threads; on the CPU, where ONNX Runtime int8 serves
     recorded = MeasureSettings(**LatencyPredictor.load(out / "latency" / "predictor").settings)
     settings = dataclasses.replace(recorded, device="cpu", dtype="float32")
     rows = {}
     for name, folder in deploy_folders(out).items():
-        rows[name] = {runtime: round(float(measure_folder_latency(folder, runtime, settings).median_ms), 3)
-                      for runtime in RUNTIMES}
-        print(f"{name}: " + ", ".join(f"{runtime} {ms:.2f} ms" for runtime, ms in rows[name].items()), flush=True)
+        rows[name] = round(float(measure_folder_latency(folder, ORT_INT8, settings).median_ms), 3)
+        print(f"{name}: {rows[name]:.2f} ms on {ORT_INT8}", flush=True)
     result = out / "deploy" / RESULT_FILE
-    write_json_atomic(result, {"settings": vars(settings), "head": "encoder", "ms": rows})
+    write_json_atomic(result, {"settings": vars(settings), "runtime": ORT_INT8, "head": "encoder", "ms": rows})
     return result
 
 

@@ -50,7 +50,7 @@ SIZES = {
     # Sized for ~15 min on 2 CPU cores including install (bench/RESULTS.md has the stage times); fine-tuning
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
-                  search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=20, finetune_epochs=2.0,
+                  search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
                   finetune_train=1000, finetune_eval=500),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
@@ -253,7 +253,7 @@ def run_demo(cfg) -> Path:
     stages.stage("2/6 measure latency, fit the predictor", out / "latency" / "predictor", stages.latency)
     stages.stage("3/6 search the latency targets", out / "search" / "results.json", stages.search)
     stages.stage("4/6 develop the picks in one run", out / "develop" / "manifest.json", stages.develop)
-    stages.stage("5/6 export to ONNX int8, time on ONNX Runtime and PyTorch", out / "deploy" / "latency.json",
+    stages.stage("5/6 export to ONNX int8, time on ONNX Runtime", out / "deploy" / "latency.json",
                  stages.deploy)
     tasks = task_names(cfg.tasks)
     done = [finetune_dir(out, t, name) for t in tasks for name in finetuned_models(out, cfg.source)
