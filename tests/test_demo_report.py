@@ -80,6 +80,16 @@ def test_finetune_restarts_only_runs_that_end_at_the_majority_class(tmp_path):
     assert "restarts" not in finetune_with_restarts(cfg, 0, run) and seeds == [7]
 
 
+def test_a_run_whose_training_loss_stayed_at_chance_is_restarted_too():
+    """Above the majority class on dev by luck, but the mean training loss never left ln 2: it did not learn."""
+    from atb.demo.finetune_models import did_not_learn
+
+    run = {"labels": ["0", "1"], "dev": {"accuracy": 0.524}, "majority_baseline": {"dev": {"accuracy": 0.508}}}
+    assert did_not_learn({**run, "train": {"loss": 0.6959}})
+    assert not did_not_learn({**run, "train": {"loss": 0.6295}})  # the demo's slowest learner that learned
+    assert not did_not_learn({**run, "labels": None, "train": {"loss": 5.0}})  # regression: no chance level
+
+
 def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
     _write(tmp_path / "develop" / "manifest.json", {"models": [
         {"arch_name": "L2_H96_A12_Q96_F384", "target": "4x", "params": 3e6, "path": "x"}]})

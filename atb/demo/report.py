@@ -44,7 +44,7 @@ def finetune_dir(out: Path, task: str, arch_name: str) -> Path:
 
 
 def restart_mark(metrics: dict | None) -> str:
-    """` r<k>` after a score whose run was restarted k times (it first ended at the majority class)."""
+    """` r<k>` after a score whose run was restarted k times (it first did not learn)."""
     return f" r{metrics['restarts']}" if metrics and metrics.get("restarts") else ""
 
 
@@ -69,8 +69,9 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
              "a TF-IDF + logistic regression classifier trained on the same rows as references. "
              "Task scores are dev accuracy, with the majority-class accuracy on the same rows in brackets, and the "
              "share of the fine-tuned source's accuracy each model keeps; "
-             "`r1`, `r2`: the run first ended at the majority class and was restarted with the next seed that "
-             "many times (as the BERT paper did for unstable fine-tuning).", ""]
+             "`r1`, `r2`: the run first did not learn (it ended at the majority class, or its training loss stayed "
+             "at chance) and was restarted with the next seed that many times (as the BERT paper did for unstable "
+             "fine-tuning).", ""]
     lines += _rows_used(out, tasks)
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
     lines += ["## Models", "",
