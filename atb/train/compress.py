@@ -88,11 +88,14 @@ def resolve_defaults(cfg: PretrainConfig) -> Source | None:
 
 def resolve_space(cfg: PretrainConfig, source: Source | None) -> SearchSpace:
     """The run's space: a preset or file, or (from_model, compression runs only) derived from the source."""
-    space = SearchSpace.load(cfg.space) if cfg.space != "from_model" else None
+    if cfg.space != "from_model":
+        space = SearchSpace.load(cfg.space)
+    else:  # resolve_defaults refused from_model without a source
+        d = source.dims
+        space = SearchSpace.from_spec(space_from_source(d.layers, d.hidden, d.heads, d.qkv, d.ffn,
+                                                        cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
     if source:
         d = source.dims
-        space = space or SearchSpace.from_spec(space_from_source(d.layers, d.hidden, d.heads, d.qkv, d.ffn,
-                                                                 cfg.hidden_step, cfg.ffn_step, cfg.head_dim_step))
         check_within(space, d.layers, d.hidden, d.heads, d.qkv, d.ffn, cfg.init_from)
     return space
 
