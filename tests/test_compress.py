@@ -3,6 +3,7 @@ importance.json reuse and staleness, importance over 2 ranks, and bad sources.""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from atb.model.importance import compute_importance
 from atb.model.ordering import read_importance, write_importance, write_ordered_folder
 from atb.model.pretrained_init import init_from_pretrained
 from atb.source_space import space_from_source
-from atb.space import SearchSpace
+from atb.space import Arch, SearchSpace
 from bert_sources import mlm_batch, padded_batch, save_random_bert
 from launching import run_tool
 
@@ -121,12 +122,20 @@ def test_importance_on_two_ranks_equals_one(data, source, tmp_path, estimator):
     assert one["order"] == two["order"]
 
 
-def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source, tmp_path):
-    out = tmp_path / "run"
-    args = ["--out_dir", out, "--init_from", source, "--corpus", data[0], "--seq_len", 16, "--micro_batch", 4,
-            "--steps", 2, "--save_every", 2, "--calib_samples", 16, "--ds_config", "zero2_fp32", "--report_to",
-            "none", "--dev_fraction", 0.05, "--warmup_steps", 1]
-    run_tool("pretrain", args, nproc=2)
+PRETRAIN = ["--seq_len", 16, "--micro_batch", 4, "--steps", 2, "--save_every", 2, "--calib_samples", 16,
+            "--ds_config", "zero2_fp32", "--report_to", "none", "--dev_fraction", 0.05, "--warmup_steps", 1]
+
+
+@pytest.fixture(scope="module")
+def compressed(data, source, tmp_path_factory):
+    """A SuperPLM pre-trained on 2 ranks from the source (importance, ordered copy, KD)."""
+    out = tmp_path_factory.mktemp("compressed") / "run"
+    run_tool("pretrain", ["--out_dir", out, "--init_from", source, "--corpus", data[0], *PRETRAIN], nproc=2)
+    return out
+
+
+def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, compressed, tmp_path):
+    out = compressed
     record = json.loads((out / "supernet" / "supernet.json").read_text())
     assert record["meta"]["objective"] == "kd" and record["meta"]["teacher"] == str((out / "source_ordered").resolve())
     assert record["config"]["space"]["name"] == "from_model"
@@ -137,9 +146,44 @@ def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source
     for item in data[1].iterdir():
         (other / item.name).write_bytes(item.read_bytes())
     before = sorted(p.name for p in out.iterdir())
-    proc = run_tool("pretrain", [str(a) for a in args[:3]] + [str(other)] + [str(a) for a in args[4:]], check=False)
+    proc = run_tool("pretrain", ["--out_dir", out, "--init_from", other, "--corpus", data[0], *PRETRAIN], check=False)
     assert proc.returncode == 2 and "importance.json is stale" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_develop_refits_students_to_the_source_on_two_ranks_as_on_one(compressed, tmp_path):
+    """develop's reconstruction (calibration split over 2 ranks, lr 0 so training leaves the weights alone)
+    == the same students refitted in this process on one rank."""
+    from transformers import AutoModelForMaskedLM
+
+    from atb.data import build_blocks, load_corpus, load_tokenizer
+    from atb.model.extract import build_masked_lm
+    from atb.model.supernet_io import load_supernet
+    from atb.train.distributed import DistEnv
+    from atb.train.reconstruction import reconstruct_students
+
+    archs = ["L2_H24_A4_Q16_F32", "L1_H32_A4_Q32_F16"]
+    out = tmp_path / "develop"
+    run_tool("develop", ["--supernet", compressed / "supernet", "--archs", ",".join(archs), "--out_dir", out,
+                         "--steps", 1, "--lr", 0, "--warmup_steps", 1, "--micro_batch", 4, "--calib_samples", 16,
+                         "--ds_config", "zero2_fp32", "--report_to", "none", "--measure_latency", "false"], nproc=2)
+    supernet, meta = load_supernet(compressed / "supernet")
+    tokenizer = load_tokenizer(meta["tokenizer"])
+    blocks = build_blocks(load_corpus(meta["corpus"]), tokenizer, meta["seq_len"], meta["dev_fraction"],
+                          meta["data_seed"])
+    expected = [build_masked_lm(supernet, Arch.parse(a)) for a in archs]
+    plain = [copy.deepcopy(m) for m in expected]
+    summaries = reconstruct_students(expected, meta["ordered_source"], blocks["train"], 16, 4,
+                                     DistEnv(0, 1, 0, torch.device("cpu")))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for row, want, before, summary in zip(manifest["models"], expected, plain, summaries):
+        assert row["reconstruction"]["replaced"] == summary["replaced"] > 0
+        got = AutoModelForMaskedLM.from_pretrained(row["path"], trust_remote_code=True).state_dict()
+        ref, old = want.state_dict(), before.state_dict()
+        changed = [k for k in ref if not torch.equal(ref[k], old[k])]
+        assert changed and all(k.endswith(("output.dense.weight", "output.dense.bias")) for k in changed)
+        for key, value in ref.items():
+            torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5)
 
 
 def test_bad_sources_fail_clearly_and_write_nothing(data, source, tmp_path):
@@ -177,7 +221,6 @@ def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_netw
     """The search's CKA fitness against the teacher: exactly 1 for the sub-network that is the teacher (its
     channels reordered), below 1 for a narrower and a shallower one; linear CKA ignores rotation and scale."""
     from atb.search.fitness import RepresentationFitness, linear_cka
-    from atb.space import Arch
     from atb.train.objectives import Teacher
 
     x = torch.randn(200, 16, dtype=torch.float64)

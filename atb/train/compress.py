@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
 from atb.model.importance import compute_importance
@@ -24,7 +23,7 @@ from atb.model.supernet_io import is_supernet_folder
 from atb.source_space import check_within, space_from_source
 from atb.space import SearchSpace
 from atb.train.config import PretrainConfig
-from atb.train.distributed import DistEnv, barrier
+from atb.train.distributed import DistEnv, barrier, sum_over_ranks
 
 log = logging.getLogger(__name__)
 ORDERED_DIR = "source_ordered"
@@ -129,13 +128,6 @@ def check_tokenizer(cfg: PretrainConfig, tokenizer, folder: Source) -> None:
                              f"use the source's own (--tokenizer {source})")
 
 
-def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
 def calibration_batches(blocks, tokenizer, samples: int, batch_size: int, seed: int,
                         env: DistEnv) -> list[dict[str, torch.Tensor]]:
     """The first `samples` training blocks (with fixed masks, for the Taylor loss): this rank's share."""
@@ -157,7 +149,7 @@ def ordered_source(source: Source, out: Path, importance_file: Path, estimator: 
     else:
         with_head = estimator == "taylor" and has_mlm_head(source.path)
         model = build_model(source.path, source.config, with_mlm_head=with_head).to(env.device)
-        importance = compute_importance(model, batches, source.dims, estimator, _sum_over_ranks)
+        importance = compute_importance(model, batches, source.dims, estimator, sum_over_ranks)
         order = importance.order()
         if env.is_main:
             write_importance(importance_file, importance, order, source.path, source.content_hash, spec,

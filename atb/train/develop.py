@@ -26,6 +26,7 @@ from atb.train.develop_export import export_students
 from atb.train.job import Job
 from atb.train.objectives import Teacher
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
+from atb.train.reconstruction import HELD_OUT_EVERY, reconstruct_students, reconstruction_source
 from atb.train.recorded_data import adopt_recorded_data
 from atb.train.students import Students
 
@@ -41,6 +42,8 @@ class DevelopConfig(TrainConfig):
     targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
     predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
     from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
+    reconstruct: bool = True  # compressed SuperPLM: first refit each student's output projections to the source (least squares)
+    calib_samples: int = 256  # training blocks that --reconstruct fits on (a quarter of them judge the fit), split over the ranks
     measure_latency: bool = True  # time each exported model (settings and runtime of the predictor when given)
     runtime: str = ""  # torch, onnxruntime or onnxruntime-int8; must match the predictor's when both are given
     steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
@@ -63,6 +66,8 @@ class DevelopConfig(TrainConfig):
             raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
         if self.runtime:
             check_runtime(self.runtime)
+        if self.reconstruct and self.calib_samples < 2 * HELD_OUT_EVERY:
+            raise ValueError(f"--calib_samples must be >= {2 * HELD_OUT_EVERY} with --reconstruct, got {self.calib_samples}")
 
 
 DEVELOP_DATA_FIELDS = {"corpus": ("corpus", "demo"), "tokenizer": ("tokenizer", "demo"), "seq_len": ("seq_len", 128),
@@ -159,18 +164,32 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the SuperPLM vocab {supernet.config.vocab_size}")
     torch.manual_seed(cfg.seed)
     models = build_students(cfg, supernet, picks)
+    rebuilt = refit_to_source(cfg, meta, models, blocks["train"], env)
     config = fill_ds_config(cfg, on_cpu=env.device.type == "cpu")
     teacher = load_teacher(cfg, env, config, tokenizer)
     module = Students(models, [p.arch for p in picks], cfg.objective, teacher.hidden_size if teacher else None,
                       inherited_projection(cfg, meta))
 
     dev = dev_batches(blocks["dev"], tokenizer, cfg.micro_batch, cfg.seed)
-    record = {"students": [{"arch": p.arch.to_dict(), "target": p.target, "predicted_ms": p.predicted_ms}
-                           for p in picks], "supernet_config": supernet.config.to_dict(),
+    record = {"students": [{"arch": p.arch.to_dict(), "target": p.target, "predicted_ms": p.predicted_ms,
+                            "reconstruction": r} for p, r in zip(picks, rebuilt)], "supernet_config": supernet.config.to_dict(),
               "source_checkpoint": str(Path(cfg.supernet).resolve()), "source_step": meta.get("step"),
               "from_scratch": cfg.from_scratch, "objective": cfg.objective}
     job = DevelopJob(module, record, teacher, dev, env, cfg, tokenizer)
     return run_session(cfg, env, tokenizer, blocks, job, config)
+
+
+def refit_to_source(cfg: DevelopConfig, meta: dict[str, Any], models: list[torch.nn.Module], blocks,
+                    env: DistEnv) -> list[dict[str, Any] | None]:
+    """Students sliced from a compressed SuperPLM, refitted to its source before training (one summary each;
+    None where nothing was refitted: from scratch, or a SuperPLM that was not compressed from a checkpoint)."""
+    source = reconstruction_source(meta)
+    if not cfg.reconstruct or cfg.from_scratch or source is None:
+        return [None] * len(models)
+    if not Path(source).is_dir():
+        raise FileNotFoundError(f"--reconstruct needs the SuperPLM's source {source}, which is gone; "
+                                "pass --reconstruct false")
+    return reconstruct_students(models, source, blocks, cfg.calib_samples, cfg.micro_batch, env)
 
 
 def inherited_projection(cfg: DevelopConfig, meta: dict[str, Any]) -> torch.nn.Module | None:

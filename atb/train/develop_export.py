@@ -51,7 +51,8 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
                "predicted_ms": predicted, "measured_ms": None,
                "dev_loss": dev.get(f"dev/{arch.name}/loss"), "from_scratch": record["from_scratch"],
                "source_checkpoint": record["source_checkpoint"], "source_step": record["source_step"],
-               "develop_checkpoint": str((ckpt_dir / tag).resolve()), "develop_steps": cfg.steps}
+               "develop_checkpoint": str((ckpt_dir / tag).resolve()), "develop_steps": cfg.steps,
+               "reconstruction": student.get("reconstruction")}
         folder = write_export(model, arch, models_dir / arch.name, tokenizer, {**row, "space": sb_cfg.space},
                               overwrite=True)
         if cfg.measure_latency:

@@ -108,6 +108,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all ranks (a new tensor; `t` itself when there is one rank)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def _free_port() -> int:
     import socket
 
