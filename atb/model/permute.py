@@ -6,6 +6,8 @@ Three kinds of units can be reordered without changing what the model computes:
 - attention heads of each layer (rows of q/k/v, columns of the output projection), and inside a head the
   query/key dims (permuted together: q·k is a sum over them) and the value dims (with the output columns);
 - FFN neurons of each layer (rows of the first matrix, columns of the second).
+Inside a head, an invertible change of basis (`head_basis.py`) also preserves the function; when a layer's
+order carries one, it is applied to each head after the dims are permuted.
 
 The permuted model's last hidden state is the source's with its channels reordered; MLM logits, pooler
 output and task heads on top of the pooler are unchanged.
@@ -13,11 +15,12 @@ output and task heads on top of the pooler are unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from atb.model.bert_source import SourceDims
+from atb.model.head_basis import HeadBases
 
 
 @dataclass
@@ -26,6 +29,9 @@ class LayerOrder:
     qk_dims: torch.Tensor  # [heads, head_dim]: inside OLD head a, new query/key dim e is old dim qk_dims[a, e]
     v_dims: torch.Tensor  # [heads, head_dim]: likewise for value dims (and the output projection's columns)
     ffn: torch.Tensor  # [ffn]
+    # a change of basis replaces the dims' permutation (which must then be the identity)
+    qk_basis: torch.Tensor | None = None  # [heads, head_dim, head_dim]: per OLD head, q -> q A and k -> k A^-T
+    v_basis: torch.Tensor | None = None  # [heads, head_dim, head_dim]: per OLD head, v -> v B and W_o -> W_o B^-T
 
 
 @dataclass
@@ -42,16 +48,28 @@ class ModelOrder:
             LayerOrder(torch.arange(dims.heads), dims_order(), dims_order(), torch.arange(dims.ffn))
             for _ in range(dims.layers)])
 
+    def with_head_bases(self, bases: HeadBases) -> "ModelOrder":
+        """The same orders, each head also changed to its basis in `bases` (computed on the source)."""
+        return ModelOrder(self.hidden, [replace(o, qk_basis=bases.qk[i], v_basis=bases.v[i])
+                                        for i, o in enumerate(self.layers)])
+
     def to_dict(self) -> dict:
+        def listed(t: torch.Tensor | None) -> list | None:
+            return None if t is None else t.tolist()
+
         return {"hidden": self.hidden.tolist(),
                 "layers": [{"heads": o.heads.tolist(), "qk_dims": o.qk_dims.tolist(), "v_dims": o.v_dims.tolist(),
-                            "ffn": o.ffn.tolist()} for o in self.layers]}
+                            "ffn": o.ffn.tolist(), "qk_basis": listed(o.qk_basis), "v_basis": listed(o.v_basis)}
+                           for o in self.layers]}
 
     @classmethod
     def from_dict(cls, data: dict, dims: SourceDims) -> "ModelOrder":
+        def basis(o: dict, key: str) -> torch.Tensor | None:
+            return None if o.get(key) is None else torch.tensor(o[key], dtype=torch.float64)
+
         order = cls(torch.tensor(data["hidden"]), [
             LayerOrder(torch.tensor(o["heads"]), torch.tensor(o["qk_dims"]), torch.tensor(o["v_dims"]),
-                       torch.tensor(o["ffn"])) for o in data["layers"]])
+                       torch.tensor(o["ffn"]), basis(o, "qk_basis"), basis(o, "v_basis")) for o in data["layers"]])
         order.check(dims)
         return order
 
@@ -66,6 +84,10 @@ class ModelOrder:
             for within in (o.qk_dims, o.v_dims):
                 ok = ok and within.shape == (dims.heads, dims.head_dim) and all(
                     is_perm(row, dims.head_dim) for row in within)
+            for basis, within in ((o.qk_basis, o.qk_dims), (o.v_basis, o.v_dims)):
+                ok = ok and (basis is None or (basis.shape == (dims.heads, dims.head_dim, dims.head_dim)
+                                               and bool(torch.isfinite(basis).all())
+                                               and torch.equal(within, torch.arange(dims.head_dim).expand_as(within))))
         if not ok:
             raise ValueError(f"orders do not fit a model of {dims}: each must be a permutation of its unit count")
 
@@ -109,6 +131,27 @@ def _permute_one(key: str, t: torch.Tensor, h: torch.Tensor, order: ModelOrder) 
 
 
 def _permute_layer(rest: str, t: torch.Tensor, h: torch.Tensor, o: LayerOrder) -> torch.Tensor:
+    t = _permute_layer_units(rest, t, h, o)
+    if o.qk_basis is not None and rest.startswith(("attention.self.query.", "attention.self.key.")):
+        basis = o.qk_basis[o.heads]
+        return _change_rows(t, basis if ".query." in rest else torch.linalg.inv(basis).mT)
+    if o.v_basis is not None and rest.startswith("attention.self.value."):
+        return _change_rows(t, o.v_basis[o.heads])
+    if o.v_basis is not None and rest == "attention.output.dense.weight":
+        inverse_t = torch.linalg.inv(o.v_basis[o.heads]).mT  # [heads, head_dim, head_dim]
+        return _change_rows(t.T, inverse_t).T.contiguous()
+    return t
+
+
+def _change_rows(t: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """Rows of each head (a [heads * head_dim, ...] weight or bias) mapped to the basis: new row e of head j
+    is sum_d bases[j, d, e] * old row d (x W^T -> x W^T A)."""
+    heads, head_dim = bases.shape[:2]
+    rows = t.double().reshape(heads, head_dim, -1)
+    return torch.einsum("jde,jdc->jec", bases, rows).reshape(t.shape).to(t.dtype).contiguous()
+
+
+def _permute_layer_units(rest: str, t: torch.Tensor, h: torch.Tensor, o: LayerOrder) -> torch.Tensor:
     qk_rows, v_rows = _head_rows(o.heads, o.qk_dims), _head_rows(o.heads, o.v_dims)
     table = {
         "attention.self.query.weight": lambda: t[qk_rows][:, h],

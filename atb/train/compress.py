@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
+from atb.model.head_basis import compute_head_bases
 from atb.model.importance import compute_importance
 from atb.model.ordering import IMPORTANCE_FILE, read_importance, write_importance, write_ordered_folder
 from atb.model.supernet_io import is_supernet_folder
@@ -150,7 +151,7 @@ def ordered_source(source: Source, out: Path, importance_file: Path, estimator: 
         with_head = estimator == "taylor" and has_mlm_head(source.path)
         model = build_model(source.path, source.config, with_mlm_head=with_head).to(env.device)
         importance = compute_importance(model, batches, source.dims, estimator, sum_over_ranks)
-        order = importance.order()
+        order = importance.order().with_head_bases(compute_head_bases(model, batches, source.dims, sum_over_ranks))
         if env.is_main:
             write_importance(importance_file, importance, order, source.path, source.content_hash, spec,
                              {**calibration, "samples": importance.samples})

@@ -1,7 +1,8 @@
 """Develop's first step for a compressed SuperPLM: each student's output projections refitted to the source.
 
 The source is the SuperPLM's own (its importance-ordered copy when it was reordered), so a student's units
-line up with the source's. Calibration blocks are the first training blocks, unmasked and unpadded; every
+line up with the source's. A student's last layer is fitted to the source's last layer, as KD matches them.
+Calibration blocks are the first training blocks, unmasked and unpadded; every
 fourth only judges whether a fit is kept. Ranks split the blocks and sum the normal equations, so every rank
 computes the same weights.
 """
@@ -55,7 +56,7 @@ def reconstruct_students(models: list[torch.nn.Module], source: str, blocks, sam
     summaries = []
     for student in models:
         student.to(env.device)
-        fits = reconstruct(student, calibration, reduce=sum_over_ranks)
+        fits = reconstruct(student, calibration, last_to_last=True, reduce=sum_over_ranks)
         student.cpu()
         summaries.append({"source": str(Path(source).resolve()), "calib_samples": count,
                           "replaced": sum(f.replaced for f in fits), "projections": len(fits),
