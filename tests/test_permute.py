@@ -146,3 +146,17 @@ def test_head_bases_keep_more_of_the_scores_and_outputs_in_the_leading_dims(tmp_
 
     plain, based = truncation_errors(identity), truncation_errors(identity.with_head_bases(bases))
     assert based[0] < 0.7 * plain[0] and based[1] < 0.7 * plain[1], (plain, based)
+
+
+def test_head_bases_do_not_depend_on_how_many_tokens_were_seen(tmp_path):
+    """Bases from the same batches seen twice equal bases from them seen once: the moments are means, so the
+    scale split between query and key, and between value and output, does not drift with the sample count."""
+    from atb.model.head_basis import compute_head_bases
+
+    folder = save_random_bert(tmp_path / "bert", layers=1, hidden=32, heads=2, ffn=64)
+    config = read_config(folder)
+    model = build_model(folder, config)
+    batches = [padded_batch(seed=s, batch=8) for s in range(3)]
+    once, twice = (compute_head_bases(model, b, source_dims(config)) for b in (batches, batches + batches))
+    torch.testing.assert_close(twice.qk, once.qk)
+    torch.testing.assert_close(twice.v, once.v)

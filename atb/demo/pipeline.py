@@ -18,6 +18,7 @@ from typing import Any
 
 from atb.demo.report import finetune_dir, write_report
 from atb.finetune.bow_baseline import BOW_MODEL
+from atb.model.bert_source import read_config, source_dims
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,7 +139,11 @@ class Stages:
     def pretrain(self) -> None:
         s = self.sizes
         threads = max(1, (os.cpu_count() or 2) // self.cfg.ranks)
-        tool("pretrain", "--out_dir", self.out / "pretrain", "--init_from", source_path(self.cfg.source),
+        source = source_path(self.cfg.source)
+        # The whole residual stream is kept: cutting hidden channels cost a pre-trained source the most accuracy
+        # per millisecond saved, and the search's fitness did not see it (bench/RESULTS.md).
+        hidden = source_dims(read_config(source)).hidden
+        tool("pretrain", "--out_dir", self.out / "pretrain", "--init_from", source, "--hidden_step", hidden,
              "--corpus", self.cfg.corpus, "--data_cache", self.out / "data_cache", "--ds_config", precision_config(),
              "--steps", s.pretrain_steps, "--micro_batch", s.micro_batch, "--seq_len", s.seq_len,
              "--calib_samples", s.calib_samples, "--lr", s.pretrain_lr, "--warmup_steps", max(1, s.pretrain_steps // 10),

@@ -111,5 +111,10 @@ def build_model(folder: str | Path, config: dict[str, Any], with_mlm_head: bool 
     return cls.from_pretrained(str(folder)).eval()
 
 
+def encoder_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The BERT body (embeddings, encoder) of a model with or without a task or MLM head."""
+    return getattr(model, "bert", model)
+
+
 def has_mlm_head(folder: str | Path) -> bool:
     return any(k.startswith("cls.predictions.transform.") for k in load_state(folder))

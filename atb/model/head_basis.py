@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from atb.model.bert_source import SourceDims
+from atb.model.bert_source import SourceDims, encoder_model
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 EIGEN_FLOOR = 1e-6  # eigenvalues below this share of the largest are clamped: whitening must stay invertible
@@ -52,10 +52,6 @@ def paired_basis(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return inverse_root @ vectors * balance
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return getattr(model, "bert", model)
-
-
 @torch.no_grad()
 def compute_head_bases(model: nn.Module, batches: list[dict[str, torch.Tensor]], dims: SourceDims,
                        reduce: Reduce = lambda t: t) -> HeadBases:
@@ -65,13 +61,14 @@ def compute_head_bases(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     device = next(model.parameters()).device
     moments = {name: torch.zeros(L, A, D, D, dtype=torch.float64, device=device) for name in ("q", "k", "ctx")}
     mask: dict[str, torch.Tensor] = {}
+    tokens = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(name: str, i: int, x: torch.Tensor) -> None:
         x = x.detach().double()[mask["real"]].view(-1, A, D)  # [tokens, heads, head_dim]
         moments[name][i] += torch.einsum("tad,tae->ade", x, x)
 
     hooks = []
-    for i, layer in enumerate(_base(model).encoder.layer):
+    for i, layer in enumerate(encoder_model(model).encoder.layer):
         attn = layer.attention
         hooks += [attn.self.query.register_forward_hook(lambda m, a, o, i=i: add("q", i, o)),
                   attn.self.key.register_forward_hook(lambda m, a, o, i=i: add("k", i, o)),
@@ -80,15 +77,18 @@ def compute_head_bases(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     try:
         for batch in batches:
             mask["real"] = batch["attention_mask"].bool()
+            tokens += mask["real"].sum()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   token_type_ids=batch["token_type_ids"])
     finally:
         for h in hooks:
             h.remove()
-    moments = {k: reduce(v) for k, v in moments.items()}
+    # means, not sums: the split of scale between the two sides of a pair depends on the moments' size
+    count = reduce(tokens).clamp_min(1)
+    moments = {k: reduce(v) / count for k, v in moments.items()}
     qk = torch.zeros(L, A, D, D, dtype=torch.float64)
     v = torch.zeros_like(qk)
-    for i, layer in enumerate(_base(model).encoder.layer):
+    for i, layer in enumerate(encoder_model(model).encoder.layer):
         out = layer.attention.output.dense.weight.detach().double().cpu().view(-1, A, D)  # [hidden, heads, head_dim]
         for a in range(A):
             qk[i, a] = paired_basis(moments["q"][i, a].cpu(), moments["k"][i, a].cpu())

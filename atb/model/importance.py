@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atb.model.bert_source import SourceDims
+from atb.model.bert_source import SourceDims, encoder_model
 from atb.model.permute import LayerOrder, ModelOrder
 
 ESTIMATORS = ("activation", "taylor")
@@ -63,10 +63,6 @@ class Importance:
         return cls(**{k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v) for k, v in data.items()})
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return getattr(model, "bert", model)
-
-
 class _Recorder:
     """Forward hooks that add each unit's activation statistics (sums over real tokens) into fp64 buffers."""
 
@@ -81,7 +77,7 @@ class _Recorder:
         self.sums = {"hidden": zeros(dims.hidden), "heads": zeros(L, A), "v": zeros(L, A, D), "q": zeros(L, A, D),
                      "k": zeros(L, A, D), "ffn": zeros(L, dims.ffn), "layers": zeros(L)}
         self.mask: torch.Tensor | None = None
-        base = _base(model)
+        base = encoder_model(model)
         self.handles = [base.embeddings.LayerNorm.register_forward_hook(self._stream)]
         for i, layer in enumerate(base.encoder.layer):
             attn = layer.attention
@@ -172,7 +168,7 @@ def compute_importance(model: nn.Module, batches: list[dict[str, torch.Tensor]],
 def _mlm_loss(model: nn.Module, out, labels: torch.Tensor) -> torch.Tensor:
     logits = getattr(out, "logits", None)
     if logits is None:  # no MLM head: the word embeddings act as a tied decoder
-        logits = out.last_hidden_state @ _base(model).embeddings.word_embeddings.weight.T
+        logits = out.last_hidden_state @ encoder_model(model).embeddings.word_embeddings.weight.T
     # a sum over tokens, not a per-batch mean, so the gradient does not depend on how batches are split
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
 
@@ -186,7 +182,7 @@ def _taylor_scores(model: nn.Module, dims: SourceDims, reduce: Reduce) -> dict[s
     def saliency(p: torch.Tensor) -> torch.Tensor:
         return (p.detach().double() * grads[p]).abs()
 
-    base = _base(model)
+    base = encoder_model(model)
     hidden = torch.zeros(dims.hidden, dtype=torch.float64, device=base.embeddings.LayerNorm.weight.device)
     emb = base.embeddings
     for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):

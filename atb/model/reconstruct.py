@@ -3,7 +3,8 @@
 Slicing drops FFN neurons, head dims and channels; what the dropped units wrote into the residual stream is
 lost. The two projections that write into the stream (each layer's attention output and FFN output) are
 linear, so given the sub-network's own inputs to them and the source's residual stream at the same point,
-the best replacement weights are a least-squares solve: no gradient steps, a few calibration batches. Layers
+the best replacement weights are a least-squares solve: no gradient steps, a few calibration batches (the
+normal equations are summed, so ranks can split the batches). Layers
 are fitted first to last, each on the already fitted layers before it, so errors do not pile up. The fit
 pulls towards the sliced weights (ridge), and a projection is only replaced when the new weights reconstruct
 held-out calibration tokens better than the old ones did.
@@ -14,11 +15,13 @@ sub-network's `h` hidden channels are matched with the source's first `h`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+
+from atb.model.bert_source import encoder_model
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 BLOCKS = ("attention", "ffn")
@@ -29,16 +32,9 @@ class BlockFit:
     layer: int
     block: str  # "attention" (attention.output.dense) or "ffn" (output.dense)
     source_layer: int
-    error_before: float  # held-out squared error as a share of the source stream's variance there
+    error_before: float  # held-out squared error as a share of the target's variance there
     error_after: float
     replaced: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return getattr(model, "bert", model)
 
 
 def _output(layer: nn.Module, block: str) -> nn.Module:
@@ -105,14 +101,14 @@ class Calibration:
         if not all(bool(b["attention_mask"].all()) for b in batches):
             raise ValueError("reconstruction runs layers without a mask: calibration blocks must have no padding")
         source.eval()
-        layers = _base(source).encoder.layer
+        layers = encoder_model(source).encoder.layer
         streams: list[dict[str, list[torch.Tensor]]] = [{block: [] for block in BLOCKS} for _ in layers]
         hooks = [_output(layer, block).LayerNorm.register_forward_pre_hook(
             lambda m, a, seen=streams[i][block]: seen.append(a[0].detach()))
             for i, layer in enumerate(layers) for block in BLOCKS]
         try:
             for batch in batches:
-                _base(source)(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
+                encoder_model(source)(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
         finally:
             for h in hooks:
                 h.remove()
@@ -155,7 +151,7 @@ def reconstruct(student: nn.Module, calibration: Calibration, ridge: float = 1e-
     `last_to_last`. `ridge` is relative to the mean input energy."""
     was_training = student.training
     student.eval()
-    base = _base(student)
+    base = encoder_model(student)
     layers = base.encoder.layer
     xs = [base.embeddings(b["input_ids"], b["token_type_ids"]) for b in calibration.batches]
     fits = []
