@@ -229,6 +229,20 @@ class SearchSpace:
             raise SpaceError(f"arch {arch.name}: qkv={arch.qkv} is outside space '{self.name}' (allowed {allowed} = {how})")
         return arch
 
+    def check_within(self, outer: "SearchSpace") -> None:
+        """Every arch of this space must be one of `outer` (searching a part of a SuperPLM's space)."""
+        problems = []
+        for f in ("layers", "hidden", "heads", "ffn"):
+            outside = [v for v in getattr(self, f).values() if v not in getattr(outer, f)]
+            if outside:
+                problems.append(f"{f} {outside} not in {getattr(outer, f).describe()}")
+        for heads in self.heads.values():
+            outside = sorted(set(self.qkv_choices(heads)) - set(outer.qkv_choices(heads)))
+            if outside:
+                problems.append(f"qkv {outside} with {heads} heads not in {outer.qkv_choices(heads)}")
+        if problems:
+            raise SpaceError(f"space '{self.name}' is not part of space '{outer.name}': {'; '.join(problems)}")
+
     def contains(self, arch: Arch) -> bool:
         try:
             self.validate(arch)

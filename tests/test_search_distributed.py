@@ -103,6 +103,23 @@ def test_bare_number_targets_are_milliseconds_of_a_measured_predictor(checkpoint
     assert results["latency_units"] == "ms"
 
 
+def test_search_within_a_part_of_the_supernets_space(checkpoint, tmp_path):
+    """--space restricts the search (here: hidden fixed at its largest); a space reaching outside the
+    SuperPLM's is refused in one line."""
+    import yaml
+
+    spec = SearchSpace.load("tiny").to_spec()
+    widest = {**spec, "name": "tiny_widest", "hidden": {"min": spec["hidden"]["max"], "max": spec["hidden"]["max"]}}
+    (tmp_path / "part.yaml").write_text(yaml.safe_dump(widest))
+    run_tool("search", search_args(checkpoint, tmp_path / "out", space=tmp_path / "part.yaml", targets="2x",
+                                   generations=2))
+    evaluated = [Arch.parse(a) for a in scores(tmp_path / "out")]
+    assert evaluated and {a.hidden for a in evaluated} == {spec["hidden"]["max"]}
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump({**widest, "hidden": {"min": 8, "max": 4096, "step": 8}}))
+    proc = run_tool("search", search_args(checkpoint, tmp_path / "bad", space=tmp_path / "over.yaml"), check=False)
+    assert proc.returncode == 2 and "is not part of space" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bad_inputs_fail_with_one_clear_line(checkpoint, tmp_path):
     proc = run_tool("search", search_args(checkpoint, tmp_path / "a", targets="1000x"), check=False)
     assert proc.returncode == 2 and "misses the space" in proc.stderr and "Traceback" not in proc.stderr

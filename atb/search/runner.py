@@ -24,6 +24,7 @@ from atb.search.evolution import Proposer
 from atb.search.loop import LoopSpec, run_search_loop
 from atb.search.parallel import Comm, LocalComm, TorchComm
 from atb.search.targets import LatencyOracle, load_predictor, resolve_targets
+from atb.space import SearchSpace
 
 CONSOLIDATED = "supernet"
 
@@ -181,6 +182,9 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     adopt_search_data(cfg, meta, comm.rank == 0)
     model = model.to(device).eval()
     space = model.space
+    if cfg.space:
+        space = SearchSpace.load(cfg.space)
+        space.check_within(model.space)
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
     predictor = load_predictor(cfg.predictor, seq_len, cfg.runtime)
     oracle = LatencyOracle(predictor)
