@@ -48,6 +48,10 @@ def paired_basis(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     root, inverse_root = _sqrt_and_inverse(left)
     shares, vectors = torch.linalg.eigh(root @ right @ root)
     shares, vectors = shares.flip(0).clamp_min(0), vectors.flip(1)
+    # an eigenvector's sign is arbitrary: fix it, so moments summed in another order (other ranks) give the
+    # same basis, not one with some dims negated
+    largest = vectors.gather(0, vectors.abs().argmax(0, keepdim=True))
+    vectors = vectors * torch.where(largest < 0, -1.0, 1.0).to(vectors.dtype)
     balance = (shares.clamp_min(EIGEN_FLOOR * shares.max().clamp_min(1e-30))) ** 0.25
     return inverse_root @ vectors * balance
 
