@@ -28,13 +28,6 @@ class HeadBases:
     qk: torch.Tensor  # [layers, heads, head_dim, head_dim]: A per (old) head; q -> q A, k -> k A^-T
     v: torch.Tensor  # [layers, heads, head_dim, head_dim]: B per (old) head; v -> v B, W_o -> W_o B^-T
 
-    def to_dict(self) -> dict:
-        return {"qk": self.qk.tolist(), "v": self.v.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "HeadBases":
-        return cls(torch.tensor(data["qk"], dtype=torch.float64), torch.tensor(data["v"], dtype=torch.float64))
-
 
 def _sqrt_and_inverse(moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values, vectors = torch.linalg.eigh(moment)

@@ -2,8 +2,8 @@
 
 The source is the SuperPLM's own (its importance-ordered copy when it was reordered), so a student's units
 line up with the source's. A student's last layer is fitted to the source's last layer, as KD matches them.
-Calibration blocks are the first training blocks, unmasked and unpadded; every
-fourth only judges whether a fit is kept. Ranks split the blocks and sum the normal equations, so every rank
+Calibration blocks are the first training blocks, unmasked and unpadded; every fourth only judges whether a
+fit is kept. Ranks split the blocks and sum the normal equations, so every rank
 computes the same weights.
 """
 
@@ -28,8 +28,9 @@ def reconstruction_source(meta: dict[str, Any]) -> str | None:
     return meta.get("ordered_source") or meta.get("source")
 
 
-def calibration_batches(blocks, positions: list[int], batch_size: int,
-                        device: torch.device) -> list[dict[str, torch.Tensor]]:
+def unmasked_batches(blocks, positions: list[int], batch_size: int,
+                     device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Blocks at `positions` as they are (no MLM masking, no padding), batched in that order."""
     rows = blocks.with_format("torch")
     batches = []
     for first in range(0, len(positions), batch_size):
@@ -47,8 +48,8 @@ def reconstruct_students(models: list[torch.nn.Module], source: str, blocks, sam
     judge = [p for p in range(count) if p % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     fit = [p for p in range(count) if p % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     mine_fit, mine_judge = fit[env.rank::env.world_size], judge[env.rank::env.world_size]
-    batches = (calibration_batches(blocks, mine_fit, batch_size, env.device)
-               + calibration_batches(blocks, mine_judge, batch_size, env.device))
+    batches = (unmasked_batches(blocks, mine_fit, batch_size, env.device)
+               + unmasked_batches(blocks, mine_judge, batch_size, env.device))
     held_out = [False] * -(-len(mine_fit) // batch_size) + [True] * -(-len(mine_judge) // batch_size)
     model = build_model(source, read_config(source)).to(env.device)
     calibration = Calibration.from_source(model, batches, held_out)
