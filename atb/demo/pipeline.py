@@ -42,6 +42,9 @@ class Sizes:
     latency_flags: tuple = ()  # extra `latency measure` / `fit` flags (the micro size times less carefully)
     fit_flags: tuple = ()
     targets: str = "2x,4x"  # speed-ups over the source model; reachable at this size's sequence length
+    # search at the source's hidden width; the micro size's six-arch latency fit is too coarse to promise
+    # whole-width archs inside each of its targets' bands
+    whole_width: bool = True
     pretrain_lr: float = 1e-4
     develop_lr: float = 1e-4
     # sub-networks of a few layers start with a [CLS] state that barely differs between sentences and need a
@@ -59,7 +62,7 @@ SIZES = {
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
                                                                       "--seq", 32, "--probe", "false"),
-                   fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.5x,2x,3x"),
+                   fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.5x,2x,3x", whole_width=False),
 }
 SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
 
@@ -160,8 +163,8 @@ class Stages:
 
     def search(self) -> None:
         s = self.sizes
-        tool("search", "--checkpoint", self.out / "pretrain" / "supernet", "--space", self.whole_width_space(),
-             "--predictor",
+        space = ("--space", self.whole_width_space()) if s.whole_width else ()
+        tool("search", "--checkpoint", self.out / "pretrain" / "supernet", *space, "--predictor",
              self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
              "--dev_batches", s.dev_batches, "--fitness", "cka", "--teacher", self.out / "pretrain" / "source_ordered",
