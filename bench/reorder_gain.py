@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--archs", type=int, default=10)
     parser.add_argument("--dev_batches", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40, help="0: only the comparison before training")
+    parser.add_argument("--lr", type=float, default=1e-4, help="of the short KD pre-training")
     parser.add_argument("--out", default="runs/bench_reorder_gain")
     args = parser.parse_args()
     if not args.source:
@@ -104,12 +105,15 @@ def main() -> None:
     hidden = space.largest().hidden
     before, after = {}, {}
     for name, teacher in teachers.items():
-        initial = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=len(tokenizer)))
+        # as tools/pretrain.py builds them: the ordered source's head bases come with the source's softmax scale
+        scale_dim = source_dims(read_config(args.source)).head_dim if name == "ordered" else None
+        initial = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=len(tokenizer),
+                                            attention_scale_dim=scale_dim))
         init_from_pretrained(initial, teacher)
         before[name] = kd_losses(initial, teacher, identity_projection(hidden, hidden), batches, archs)
     if args.steps > 0:  # the same short KD pre-training of both supernets
         common = ["--init_from", args.source, "--corpus", args.corpus, "--seq_len", args.seq_len, "--micro_batch", 8,
-                  "--steps", args.steps, "--save_every", args.steps, "--lr", 1e-4, "--warmup_steps", 4,
+                  "--steps", args.steps, "--save_every", args.steps, "--lr", args.lr, "--warmup_steps", 4,
                   "--ds_config", "zero2_fp32", "--report_to", "none", *cache]
         runs = {"ordered": out / f"ordered_{args.estimator}", "plain": out / "plain"}  # plain serves both estimators
         for name, run in runs.items():

@@ -19,13 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def make_supernet(space: str = "tiny", vocab: int = 100, positions: int = 32, seed: int = 0):
+def make_supernet(space: str = "tiny", vocab: int = 100, positions: int = 32, seed: int = 0,
+                  attention_scale_dim: int | None = None):
     from atb.model.elastic import SuperBert, SuperBertConfig
     from atb.space import SearchSpace
 
     torch.manual_seed(seed)
     cfg = SuperBertConfig(space=SearchSpace.load(space).to_spec(), vocab_size=vocab,
-                          max_position_embeddings=positions)
+                          max_position_embeddings=positions, attention_scale_dim=attention_scale_dim)
     model = SuperBert(cfg).eval()
     with torch.no_grad():  # LayerNorm at exactly 1/0 would hide slicing mistakes in it
         for p in model.parameters():

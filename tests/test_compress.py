@@ -139,11 +139,13 @@ def compressed(data, source, tmp_path_factory):
     return out
 
 
-def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, compressed, tmp_path):
+def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source, compressed, tmp_path):
     out = compressed
     record = json.loads((out / "supernet" / "supernet.json").read_text())
     assert record["meta"]["objective"] == "kd" and record["meta"]["teacher"] == str((out / "source_ordered").resolve())
     assert record["config"]["space"]["name"] == "from_model"
+    # every sub-network keeps the source's softmax scale: the head bases put a score in a head's leading dims
+    assert record["config"]["attention_scale_dim"] == source_dims(read_config(source)).head_dim
     imported = json.loads((out / "importance.json").read_text())
     assert imported["estimator"] == "activation" and imported["samples"] == 16
     # a re-run with another source in the same run directory: the importance file is stale
@@ -186,7 +188,8 @@ def test_develop_refits_students_to_the_source_on_two_ranks_as_on_one(compressed
         got = AutoModelForMaskedLM.from_pretrained(row["path"], trust_remote_code=True).state_dict()
         ref, old = want.state_dict(), before.state_dict()
         changed = [k for k in ref if not torch.equal(ref[k], old[k])]
-        assert changed and all(k.endswith(("output.dense.weight", "output.dense.bias")) for k in changed)
+        assert changed and all(k.endswith(("output.dense.weight", "output.dense.bias", "LayerNorm.weight",
+                                           "LayerNorm.bias")) for k in changed)
         for key, value in ref.items():
             torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5)
 

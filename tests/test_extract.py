@@ -17,14 +17,20 @@ from atb.space import Arch, SpaceError
 from conftest import PYTHON, REPO, make_supernet, padded_batch
 
 
-@pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_extracted_logits_equal_supernet_logits(space):
-    model = make_supernet(space)
+@pytest.mark.parametrize("space,scale_dim", [("tiny", None), ("tiny_kd", None), ("tiny_kd", "source")])
+def test_extracted_logits_equal_supernet_logits(space, scale_dim):
+    """scale_dim "source": every sub-network scales scores by the largest head size, as a compressed SuperPLM
+    does; the export must carry that in its query weights."""
+    from atb.space import SearchSpace
+
+    largest = SearchSpace.load(space).largest()
+    model = make_supernet(space, attention_scale_dim=largest.head_dim if scale_dim else None)
     ids, mask, types = padded_batch()
     rng = random.Random(1)
     archs = {model.space.sample(rng) for _ in range(40)}
     archs |= {model.space.largest(), model.space.smallest()}
     assert len(archs) >= 20
+    assert not scale_dim or any(a.head_dim < largest.head_dim for a in archs)  # the folded scale is exercised
     for arch in sorted(archs):
         with torch.no_grad():
             ref = model(ids, mask, types, arch=arch).logits

@@ -32,6 +32,10 @@ class SuperBertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
+    # every sub-network divides attention scores by the square root of this head size (None: its own). A
+    # SuperPLM compressed with per-head bases sets the source's: its leading dims carry almost the whole
+    # score, so a narrower head keeps the source's softmax temperature. Exports fold it into the query.
+    attention_scale_dim: int | None = None
 
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_spec(self.space)
@@ -71,12 +75,16 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, hidden: int, qkv: int, dropout: float):
+    def __init__(self, hidden: int, qkv: int, dropout: float, scale_dim: int | None = None):
         super().__init__()
         self.query = ElasticLinear(hidden, qkv)
         self.key = ElasticLinear(hidden, qkv)
         self.value = ElasticLinear(hidden, qkv)
         self.dropout_p = dropout
+        self.scale_dim = scale_dim
+
+    def scale(self, heads: HeadSlice) -> float:
+        return (self.scale_dim or heads.head_dim) ** -0.5
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, hidden: int, heads: HeadSlice,
                 want_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,16 +99,21 @@ class SelfAttention(nn.Module):
         dropout = self.dropout_p if self.training else 0.0
         scores = None
         if want_scores:  # distillation needs the raw scores, which the fused kernel does not expose
-            scores = (q @ k.transpose(-1, -2)) * heads.head_dim ** -0.5
+            scores = (q @ k.transpose(-1, -2)) * self.scale(heads)
             masked = scores if mask is None else scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             out = F.dropout(masked.softmax(-1), dropout, self.training) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale(heads))
         return out.transpose(1, 2).reshape(B, S, heads.size), scores
 
     def sub_state_dict(self, hidden: int, heads: HeadSlice) -> dict[str, torch.Tensor]:
-        return {name: t for proj in ("query", "key", "value")
-                for name, t in prefixed(proj, getattr(self, proj).sub_state_dict(heads, hidden)).items()}
+        state = {name: t for proj in ("query", "key", "value")
+                 for name, t in prefixed(proj, getattr(self, proj).sub_state_dict(heads, hidden)).items()}
+        # an exported model divides by its own head size: the query carries the rest of this scale
+        if self.scale_dim and self.scale_dim != heads.head_dim:
+            fold = (heads.head_dim / self.scale_dim) ** 0.5
+            state = {name: t * fold if name.startswith("query.") else t for name, t in state.items()}
+        return state
 
 
 class ResidualOutput(nn.Module):
@@ -123,7 +136,7 @@ class ResidualOutput(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: SuperBertConfig, hidden: int, qkv: int):
         super().__init__()
-        self.self = SelfAttention(hidden, qkv, cfg.attention_probs_dropout_prob)
+        self.self = SelfAttention(hidden, qkv, cfg.attention_probs_dropout_prob, cfg.attention_scale_dim)
         self.output = ResidualOutput(cfg, qkv, hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, hidden: int, heads: HeadSlice,

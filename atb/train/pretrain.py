@@ -14,6 +14,7 @@ import yaml
 
 from atb.data import dev_batches
 from atb.fsutil import write_text_atomic
+from atb.model.bert_source import read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch, SearchSpace
 from atb.train import compress
@@ -30,8 +31,11 @@ from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_se
 def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, source: Path | None = None) -> SuperBert:
     """A SuperBert over `space`, initialised from `source` (the ordered copy of a compressed model) or from
     --init_from, else at random."""
+    # the ordered source's per-head bases put almost all of a score in a head's leading dims
+    scale_dim = source_dims(read_config(source)).head_dim if source is not None else None
     sb_cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab_size, max_position_embeddings=cfg.max_positions,
-                             hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+                             hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                             attention_scale_dim=scale_dim)
     model = SuperBert(sb_cfg)
     if source is not None:
         from atb.model.pretrained_init import init_from_pretrained
