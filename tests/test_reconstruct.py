@@ -54,17 +54,12 @@ def test_recovers_projections_broken_on_purpose(source):
             for dense in (layer.attention.output.dense, layer.output.dense):
                 dense.weight.add_(torch.randn_like(dense.weight) * 0.2)
                 dense.bias.add_(0.1)
-        for norm in (student.embeddings.LayerNorm, *(m.LayerNorm for layer in student.encoder.layer
-                                                     for m in (layer.attention.output, layer.output))):
-            norm.weight.mul_(1.5).add_(torch.randn_like(norm.weight) * 0.1)
-            norm.bias.add_(0.2)
     batch = padded_batch(seed=7)
     real = batch["attention_mask"].bool()
     assert (last_hidden(student, batch) - last_hidden(model, batch))[real].abs().max() > 0.05
     fits = reconstruct(student, calibration(model), ridge=1e-9)
-    # two projections and two LayerNorms per layer, and the embeddings' LayerNorm
-    assert all(f.replaced for f in fits) and len(fits) == 1 + 4 * 3
-    # exact targets exist (the source's own weights), so the solves find them; padding is not an issue later
+    assert all(f.replaced for f in fits) and len(fits) == 2 * 3
+    # exact targets exist (the source's own weights), so the solve finds them; padding is not an issue later
     torch.testing.assert_close(last_hidden(student, batch)[real], last_hidden(model, batch)[real],
                                atol=1e-4, rtol=1e-4)
 
@@ -91,9 +86,7 @@ def test_a_sliced_sub_network_moves_towards_the_source_on_unseen_blocks(source, 
 
     before = error()
     fits = reconstruct(student, calibration(model, count=16))
-    assert any(f.replaced for f in fits if f.block in ("attention", "ffn"))
-    if width < model.config.hidden_size:  # its LayerNorms normalise over fewer channels than the source's
-        assert any(f.replaced for f in fits if f.block.endswith("_norm"))
+    assert any(f.replaced for f in fits)
     assert all(f.error_after <= f.error_before for f in fits)
     assert error() < 0.8 * before
 
@@ -102,7 +95,7 @@ def test_last_to_last_matches_the_sources_last_layer(source):
     folder, model = source
     student = sliced(folder, Arch.parse("L2_H32_A4_Q32_F32"))
     fits = reconstruct(student, calibration(model), last_to_last=True)
-    assert [f.source_layer for f in fits] == [-1, 0, 0, 0, 0, 2, 2, 2, 2]
+    assert [f.source_layer for f in fits] == [0, 0, 2, 2]
 
 
 def test_unusable_calibration_is_refused(source):

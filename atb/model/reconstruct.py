@@ -9,11 +9,6 @@ are fitted first to last, each on the already fitted layers before it, so errors
 pulls towards the sliced weights (ridge), and a projection is only replaced when the new weights reconstruct
 held-out calibration tokens better than the old ones did.
 
-Each LayerNorm after them (and the embeddings') then gets its gain and bias refitted, channel by channel, to
-the source's normalised stream: a sub-network with fewer hidden channels normalises over those alone, and
-their mean and spread differ from the whole stream's (a few outlier channels carry much of it), so the
-source's gains no longer fit.
-
 The source must keep its units in the sub-network's order (for a SuperPLM: the ordered source), since the
 sub-network's `h` hidden channels are matched with the source's first `h`.
 """
@@ -24,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from atb.model.bert_source import encoder_model
@@ -36,8 +30,7 @@ BLOCKS = ("attention", "ffn")
 @dataclass
 class BlockFit:
     layer: int
-    block: str  # "attention" (attention.output.dense), "ffn" (output.dense), the LayerNorm after either
-    # ("attention_norm", "ffn_norm") or the embeddings' ("embeddings_norm", layer -1)
+    block: str  # "attention" (attention.output.dense) or "ffn" (output.dense)
     source_layer: int
     error_before: float  # held-out squared error as a share of the target's variance there
     error_after: float
@@ -79,40 +72,6 @@ class _Normal:
         return float(sse / variance.clamp_min(1e-12))
 
 
-class _ChannelNormal:
-    """Per-channel sums for a LayerNorm's affine map, y = gain * n + bias, with n the normalised stream (fp64)."""
-
-    def __init__(self, channels: int, device: torch.device):
-        self.sums = torch.zeros(6, channels, dtype=torch.float64, device=device)  # n², n, n·y, y, y², tokens
-
-    def add(self, n: torch.Tensor, y: torch.Tensor) -> None:
-        n, y = n.double(), y.double()
-        self.sums += torch.stack([(n * n).sum(0), n.sum(0), (n * y).sum(0), y.sum(0), (y * y).sum(0),
-                                  torch.full_like(n[0], len(n))])
-
-    def reduce(self, fn: Reduce) -> None:
-        self.sums = fn(self.sums)
-
-    @property
-    def n(self) -> torch.Tensor:
-        return self.sums[5].max()
-
-    def error(self, gain: torch.Tensor, bias: torch.Tensor) -> float:
-        nn_, n1, ny, y1, yy, count = self.sums
-        sse = gain.square() * nn_ + 2 * gain * bias * n1 + bias.square() * count - 2 * gain * ny - 2 * bias * y1 + yy
-        variance = yy - y1.square() / count.clamp_min(1)
-        return float(sse.sum() / variance.sum().clamp_min(1e-12))
-
-    def solve(self, gain: torch.Tensor, bias: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each channel's 2x2 least squares, pulled towards the current gain and bias."""
-        nn_, n1, ny, y1, _, count = self.sums
-        lam_gain, lam_bias = ridge * nn_.mean(), ridge * count.mean()
-        a, b, d = nn_ + lam_gain, n1, count + lam_bias
-        r_gain, r_bias = ny + lam_gain * gain, y1 + lam_bias * bias
-        det = a * d - b * b
-        return (d * r_gain - b * r_bias) / det, (a * r_bias - b * r_gain) / det
-
-
 def _first(out):
     return out[0] if isinstance(out, tuple) else out  # older transformers return tuples from blocks
 
@@ -132,9 +91,6 @@ class Calibration:
     batches: list[dict[str, torch.Tensor]]
     held_out: list[bool]
     streams: list[dict[str, list[torch.Tensor]]]  # [source layer][block][batch] -> [batch, seq, hidden]
-    norms: list[dict[str, nn.LayerNorm]]  # [source layer][block]: the LayerNorm the stream above goes into
-    embeddings: list[torch.Tensor]  # [batch] -> the source's embeddings before their LayerNorm
-    embeddings_norm: nn.LayerNorm
 
     @classmethod
     @torch.no_grad()
@@ -145,22 +101,18 @@ class Calibration:
         if not all(bool(b["attention_mask"].all()) for b in batches):
             raise ValueError("reconstruction runs layers without a mask: calibration blocks must have no padding")
         source.eval()
-        base = encoder_model(source)
-        layers = base.encoder.layer
+        layers = encoder_model(source).encoder.layer
         streams: list[dict[str, list[torch.Tensor]]] = [{block: [] for block in BLOCKS} for _ in layers]
-        embeddings: list[torch.Tensor] = []
         hooks = [_output(layer, block).LayerNorm.register_forward_pre_hook(
             lambda m, a, seen=streams[i][block]: seen.append(a[0].detach()))
             for i, layer in enumerate(layers) for block in BLOCKS]
-        hooks.append(base.embeddings.LayerNorm.register_forward_pre_hook(lambda m, a: embeddings.append(a[0].detach())))
         try:
             for batch in batches:
-                base(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
+                encoder_model(source)(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
         finally:
             for h in hooks:
                 h.remove()
-        norms = [{block: _output(layer, block).LayerNorm for block in BLOCKS} for layer in layers]
-        return cls(batches, list(held_out), streams, norms, embeddings, base.embeddings.LayerNorm)
+        return cls(batches, list(held_out), streams)
 
 
 def _collect(layer: nn.Module, block: str, inputs: list[torch.Tensor], targets: list[torch.Tensor],
@@ -186,26 +138,6 @@ def _collect(layer: nn.Module, block: str, inputs: list[torch.Tensor], targets: 
     return fit, held
 
 
-def _collect_norm(norm: nn.LayerNorm, run: Callable[[int], object], targets: list[torch.Tensor],
-                  source_norm: nn.LayerNorm, held_out: list[bool]) -> tuple[_ChannelNormal, _ChannelNormal]:
-    """Sums for one LayerNorm of the sub-network: what it normalises (over the sub-network's own channels,
-    whose statistics differ from the source's when channels were cut) against the source's normalised
-    stream on the same channels. `run(i)` runs the sub-network up to that LayerNorm on calibration batch i."""
-    width = norm.normalized_shape[0]
-    fit, held = (_ChannelNormal(width, norm.weight.device) for _ in range(2))
-    seen: dict[str, torch.Tensor] = {}
-    hook = norm.register_forward_pre_hook(lambda m, a: seen.update(stream=a[0]))
-    try:
-        for i, (target, judge_only) in enumerate(zip(targets, held_out)):
-            run(i)
-            normalised = F.layer_norm(seen["stream"], (width,), eps=norm.eps).flatten(0, 1)
-            y = source_norm(target)[..., :width].flatten(0, 1)
-            (held if judge_only else fit).add(normalised, y)
-    finally:
-        hook.remove()
-    return fit, held
-
-
 def _source_layer(i: int, student_layers: int, source_layers: int, last_to_last: bool) -> int:
     return source_layers - 1 if last_to_last and i == student_layers - 1 else i
 
@@ -221,51 +153,22 @@ def reconstruct(student: nn.Module, calibration: Calibration, ridge: float = 1e-
     student.eval()
     base = encoder_model(student)
     layers = base.encoder.layer
-    batches = calibration.batches
-
-    def fit_norm(norm: nn.LayerNorm, run: Callable[[int], object], targets: list[torch.Tensor],
-                 source_norm: nn.LayerNorm, layer: int, block: str, source_layer: int) -> BlockFit:
-        fit, held = _collect_norm(norm, run, targets, source_norm, calibration.held_out)
-        return _refit_norm(norm, *_reduced(fit, held, reduce), ridge, layer, block, source_layer)
-
-    fits = [fit_norm(base.embeddings.LayerNorm, lambda i: base.embeddings(batches[i]["input_ids"],
-                                                                          batches[i]["token_type_ids"]),
-                     calibration.embeddings, calibration.embeddings_norm, -1, "embeddings_norm", -1)]
-    xs = [base.embeddings(b["input_ids"], b["token_type_ids"]) for b in batches]
+    xs = [base.embeddings(b["input_ids"], b["token_type_ids"]) for b in calibration.batches]
+    fits = []
     try:
         for i, layer in enumerate(layers):
             source_layer = _source_layer(i, len(layers), len(calibration.streams), last_to_last)
             for block in BLOCKS:
-                targets = calibration.streams[source_layer][block]
-                fit, held = _collect(layer, block, xs, targets, calibration.held_out)
-                fits.append(_refit(_output(layer, block).dense, *_reduced(fit, held, reduce), ridge, i, block,
-                                   source_layer))
-                fits.append(fit_norm(_output(layer, block).LayerNorm,
-                                     lambda j, layer=layer, block=block: _run_block(layer, block, xs[j]), targets,
-                                     calibration.norms[source_layer][block], i, f"{block}_norm", source_layer))
+                fit, held = _collect(layer, block, xs, calibration.streams[source_layer][block],
+                                     calibration.held_out)
+                fit.reduce(reduce), held.reduce(reduce)
+                if not (fit.n > 0 and held.n > 0):
+                    raise ValueError("reconstruction needs calibration tokens both to fit and to judge the fit")
+                fits.append(_refit(_output(layer, block).dense, fit, held, ridge, i, block, source_layer))
                 xs = [_run_block(layer, block, x) for x in xs]
     finally:
         student.train(was_training)
     return fits
-
-
-def _reduced(fit, held, reduce: Reduce):
-    fit.reduce(reduce), held.reduce(reduce)
-    if not (fit.n > 0 and held.n > 0):
-        raise ValueError("reconstruction needs calibration tokens both to fit and to judge the fit")
-    return fit, held
-
-
-def _refit_norm(norm: nn.LayerNorm, fit: _ChannelNormal, held: _ChannelNormal, ridge: float, layer: int, block: str,
-                source_layer: int) -> BlockFit:
-    old_gain, old_bias = norm.weight.double(), norm.bias.double()
-    gain, bias = fit.solve(old_gain, old_bias, ridge)
-    before, after = held.error(old_gain, old_bias), held.error(gain, bias)
-    replaced = after < before
-    if replaced:
-        norm.weight.copy_(gain.to(norm.weight.dtype))
-        norm.bias.copy_(bias.to(norm.bias.dtype))
-    return BlockFit(layer, block, source_layer, before, after if replaced else before, replaced)
 
 
 def _refit(dense: nn.Linear, fit: _Normal, held: _Normal, ridge: float, layer: int, block: str,

@@ -1,5 +1,4 @@
-"""Develop's first step for a compressed SuperPLM: each student's output projections and LayerNorms refitted
-to the source.
+"""Develop's first step for a compressed SuperPLM: each student's output projections refitted to the source.
 
 The source is the SuperPLM's own (its importance-ordered copy when it was reordered), so a student's units
 line up with the source's. A student's last layer is fitted to the source's last layer, as KD matches them.
@@ -61,10 +60,10 @@ def reconstruct_students(models: list[torch.nn.Module], source: str, blocks, sam
         fits = reconstruct(student, calibration, last_to_last=True, reduce=sum_over_ranks)
         student.cpu()
         summaries.append({"source": str(Path(source).resolve()), "calib_samples": count,
-                          "replaced": sum(f.replaced for f in fits), "fits": len(fits),
+                          "replaced": sum(f.replaced for f in fits), "projections": len(fits),
                           "held_out_error_before": round(sum(f.error_before for f in fits) / len(fits), 4),
                           "held_out_error_after": round(sum(f.error_after for f in fits) / len(fits), 4)})
-        log.info("reconstructed %s: %d of %d projections and LayerNorms refitted, held-out error %.3f -> %.3f",
+        log.info("reconstructed %s: %d of %d projections refitted, held-out error %.3f -> %.3f",
                  type(student).__name__, summaries[-1]["replaced"], len(fits),
                  summaries[-1]["held_out_error_before"], summaries[-1]["held_out_error_after"])
     return summaries
