@@ -25,6 +25,19 @@ def save_random_bert(folder: Path, layers: int = 2, hidden: int = 32, heads: int
     return folder
 
 
+def declare_mean_pooling(folder: Path) -> Path:
+    """Make `folder` a sentence-transformers model whose sentence vector is the mean over tokens."""
+    import json
+
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return folder
+
+
 def padded_batch(seed: int = 0, batch: int = 3, seq: int = 12) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, VOCAB, (batch, seq), generator=g)

@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from atb.model.bert_source import build_model, content_hash, read_config, source_dims
+from atb.model.bert_source import build_model, content_hash, declared_pooling, read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.importance import compute_importance
 from atb.model.ordering import read_importance, write_importance, write_ordered_folder
 from atb.model.pretrained_init import init_from_pretrained
 from atb.source_space import space_from_source
 from atb.space import Arch, SearchSpace
-from bert_sources import mlm_batch, padded_batch, save_random_bert
+from bert_sources import declare_mean_pooling, mlm_batch, padded_batch, save_random_bert
 from launching import run_tool
 
 LINES = ["the quick brown fox jumps over the lazy dog", "a journey of a thousand miles begins with a single step",
@@ -36,13 +36,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(data, tmp_path_factory):
-    """A random BERT with the data's tokenizer (so the run takes it as the source's own)."""
+    """A random BERT with the data's tokenizer (so the run takes it as the source's own), packaged as a
+    mean-pooling sentence encoder like the demo's."""
     import shutil
 
     folder = save_random_bert(tmp_path_factory.mktemp("src") / "bert", vocab=data[2])
     for item in data[1].iterdir():
         shutil.copy2(item, folder / item.name)
-    return folder
+    return declare_mean_pooling(folder)
 
 
 def importance_of(folder, estimator="activation"):
@@ -146,6 +147,7 @@ def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source
     assert record["config"]["space"]["name"] == "from_model"
     # every sub-network keeps the source's softmax scale: the head bases put a score in a head's leading dims
     assert record["config"]["attention_scale_dim"] == source_dims(read_config(source)).head_dim
+    assert record["config"]["classifier_pooling"] == "mean"  # the source's sentence vector, for its exports
     imported = json.loads((out / "importance.json").read_text())
     assert imported["estimator"] == "activation" and imported["samples"] == 16
     # a re-run with another source in the same run directory: the importance file is stale
@@ -193,6 +195,17 @@ def test_develop_refits_students_to_the_source_on_two_ranks_as_on_one(compressed
             torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5)
 
 
+def test_the_sentence_vector_a_source_declares(tmp_path):
+    folder = save_random_bert(tmp_path / "bert")
+    assert declared_pooling(folder) == "cls"
+    assert declared_pooling(declare_mean_pooling(folder)) == "mean"
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert declared_pooling(folder) == "cls"
+    (folder / "modules.json").write_text("[{")
+    with pytest.raises(ValueError, match="modules.json: cannot read the sentence-transformers pooling"):
+        declared_pooling(folder)
+
+
 def test_bad_sources_fail_clearly_and_write_nothing(data, source, tmp_path):
     def fails(needle, **overrides):
         out = tmp_path / "never"
@@ -224,7 +237,8 @@ def test_importance_on_the_gpu_matches_the_cpu(tmp_path, estimator):
         torch.testing.assert_close(getattr(on_gpu, key), getattr(on_cpu, key), rtol=1e-3, atol=1e-6)
 
 
-def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_networks(tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_networks(tmp_path, pooling):
     """The search's CKA fitness against the teacher: exactly 1 for the sub-network that is the teacher (its
     channels reordered), below 1 for a narrower and a shallower one; linear CKA ignores rotation and scale."""
     from atb.search.fitness import RepresentationFitness, linear_cka
@@ -237,9 +251,25 @@ def test_representation_fitness_is_one_for_the_source_and_lower_for_its_sub_netw
 
     folder = save_random_bert(tmp_path / "bert", layers=2, hidden=32, heads=4, ffn=64)
     supernet, _ = ordered_supernet(folder, *importance_of(folder), tmp_path)
+    supernet.config.classifier_pooling = pooling
     space = supernet.space
-    fitness = RepresentationFitness(supernet, [padded_batch(seed=s, batch=6) for s in range(3)],
-                                    Teacher.load(str(folder), torch.device("cpu"), torch.float32))
+    batches = [padded_batch(seed=s, batch=6) for s in range(3)]
+    fitness = RepresentationFitness(supernet, batches, Teacher.load(str(folder), torch.device("cpu"), torch.float32))
     assert fitness(space.largest()) == pytest.approx(1.0, abs=1e-6)
+
+    def representations(arch):  # every real token's state, and the sentence vector the classifier reads
+        tokens, sentences = [], []
+        with torch.no_grad():
+            for b in batches:
+                hidden, _ = supernet.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"], arch)
+                mask = b["attention_mask"].bool()
+                tokens.append(hidden[mask])
+                sentences.append(torch.stack([h[m].mean(0) for h, m in zip(hidden, mask)]) if pooling == "mean"
+                                 else hidden[:, 0])
+        return torch.cat(tokens), torch.cat(sentences)
+
+    reference = representations(space.largest())
     for arch in (Arch(2, 16, 4, 32, 64), Arch(1, 32, 4, 32, 64)):
-        assert fitness(arch) < 1.0 - 1e-3
+        tokens, sentences = representations(arch)
+        by_hand = 0.5 * (linear_cka(tokens, reference[0]) + linear_cka(sentences, reference[1]))
+        assert fitness(arch) == pytest.approx(by_hand, abs=1e-6) and fitness(arch) < 1.0 - 1e-3

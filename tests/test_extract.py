@@ -73,9 +73,11 @@ NO_ATB_LOADER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("space", ["tiny", "tiny_kd"])
-def test_export_loads_in_a_process_without_atb(tmp_path, space):
+@pytest.mark.parametrize("space,pooling", [("tiny", "cls"), ("tiny_kd", "cls"), ("tiny", "mean")])
+def test_export_loads_in_a_process_without_atb(tmp_path, space, pooling):
+    """Vanilla-shaped archs are stock BERT folders unless their classifiers read the mean over tokens."""
     model = make_supernet(space)
+    model.config.classifier_pooling = pooling
     rng = random.Random(7)
     arch = next(a for a in iter(lambda: model.space.sample(rng), None) if not a.is_vanilla_bert)
     vanilla = Arch(2, 32, 4, 32, 64)
@@ -83,7 +85,7 @@ def test_export_loads_in_a_process_without_atb(tmp_path, space):
     torch.save({"ids": ids, "mask": mask, "types": types}, tmp_path / "batch.pt")
     script = tmp_path / "load.py"
     script.write_text(NO_ATB_LOADER)
-    for a in ([arch, vanilla] if space == "tiny" else [arch]):
+    for a in ([arch, vanilla] if space == "tiny" else [arch]) if pooling == "cls" else [vanilla]:
         out = extract(model, a, tmp_path / a.name, provenance={"source_checkpoint": "test", "source_step": 5})
         record = json.loads((out / "atb_arch.json").read_text())
         assert record["arch"] == a.to_dict() and record["source_step"] == 5
@@ -95,12 +97,13 @@ def test_export_loads_in_a_process_without_atb(tmp_path, space):
         with torch.no_grad():
             ref = model(ids, mask, types, arch=a).logits
         assert (got["logits"] - ref).abs().max() <= 1e-5
-        if a.is_vanilla_bert:
-            assert got["cls"] == "BertForMaskedLM"
+        if a.is_vanilla_bert and pooling == "cls":
+            assert got["cls"] == "BertForMaskedLM" and record["format"] == "bert"
             assert isinstance(BertForMaskedLM.from_pretrained(out), BertForMaskedLM)
         else:
-            assert got["cls"] == "TinyBertForMaskedLM"
-            assert json.loads((out / "config.json").read_text())["auto_map"]
+            config = json.loads((out / "config.json").read_text())
+            assert got["cls"] == "TinyBertForMaskedLM" and record["format"] == "atb_tinybert"
+            assert config["auto_map"] and config["classifier_pooling"] == pooling
 
 
 def test_supernet_folder_round_trip(tmp_path):

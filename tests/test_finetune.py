@@ -11,9 +11,11 @@ import os
 import string
 import subprocess
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
+from bert_sources import declare_mean_pooling
 from conftest import PYTHON, REPO, make_supernet
 from synthetic_tasks import (BAD, COUNTRIES, FILLER, GOOD, NAMES, task_cfg, write_mrpc_task,
                              write_regression_task, write_squad_task, write_sst2_task)
@@ -97,6 +99,38 @@ def test_single_sentence_classification_beats_majority_and_saves_the_evaluated_m
         enc = tokenizer(list(dev["text_a"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
         preds = model(**enc).logits.argmax(-1).numpy()
     assert metrics.accuracy(list(dev["label"]), preds) == pytest.approx(record["dev"]["accuracy"])
+
+
+def test_a_mean_pooling_sentence_encoder_is_fine_tuned_through_the_mean_over_its_tokens(exports, tmp_path):
+    """A stock BERT folder packaged as a sentence-transformers mean-pooling model: its classifier reads the
+    mean over the real tokens (padding changes nothing) and the fine-tuned folder loads without atb."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = declare_mean_pooling(Path(shutil.copytree(exports["bert"], tmp_path / "sentence_encoder")))
+    task = write_sst2_task(tmp_path / "sst2")
+    record = finetune(fast_cfg(source, task, tmp_path / "out", epochs=8))
+    assert record["dev"]["accuracy"] >= 0.9 and record["pooling"] == "mean"
+    model_dir = tmp_path / "out" / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "atb_tinybert" and config["classifier_pooling"] == "mean"
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    texts = sorted(load_task(fast_cfg(source, task, tmp_path)).splits["dev"]["text_a"], key=len)[::25]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    assert not bool(enc["attention_mask"].all())
+    with torch.no_grad():
+        batch = model(**enc).logits
+        alone = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in texts])
+        hidden = model.bert(**enc).last_hidden_state
+        mask = enc["attention_mask"][..., None].float()
+        by_hand = model.classifier((hidden * mask).sum(1) / mask.sum(1))
+    assert torch.allclose(batch, alone, atol=1e-5) and torch.allclose(batch, by_hand, atol=1e-5)
+    cls = finetune(fast_cfg(source, task, tmp_path / "cls", epochs=1, pooling="cls"))
+    assert json.loads((tmp_path / "cls" / "model" / "config.json").read_text())["model_type"] == "bert"
+    assert cls["pooling"] == "cls"
 
 
 def test_sentence_pair_task_with_mrpc_columns(exports, tmp_path):

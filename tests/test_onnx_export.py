@@ -22,14 +22,15 @@ TINYBERT = Arch(2, 32, 2, 16, 64)
 SHAPES = ((1, 12), (3, 12), (1, 20), (3, 20))  # two batch sizes x two lengths, one file
 
 
-def _head_model(mlm_folder, head: str, arch: Arch):
+def _head_model(mlm_folder, head: str):
     from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
     from atb.model import tiny
 
     classes = {"classifier": (BertForSequenceClassification, tiny.TinyBertForSequenceClassification),
                "qa": (BertForQuestionAnswering, tiny.TinyBertForQuestionAnswering)}
-    cls = classes[head][0 if arch.is_vanilla_bert else 1]
+    stock = json.loads((mlm_folder / "config.json").read_text())["model_type"] == "bert"
+    cls = classes[head][0 if stock else 1]
     model = cls.from_pretrained(str(mlm_folder), **({"num_labels": 3} if head == "classifier" else {}))
     torch.manual_seed(1)
     with torch.no_grad():  # a freshly initialised head is near zero; make its outputs count
@@ -38,13 +39,15 @@ def _head_model(mlm_folder, head: str, arch: Arch):
     return model
 
 
-def make_export(root, arch: Arch, head: str):
+def make_export(root, arch: Arch, head: str, pooling: str = "cls"):
     """An exported folder like extract (encoder) or fine-tuning (classifier, QA) writes."""
-    mlm = extract(make_supernet("tiny"), arch, root / f"{arch.name}_mlm")
+    supernet = make_supernet("tiny")
+    supernet.config.classifier_pooling = pooling
+    mlm = extract(supernet, arch, root / f"{arch.name}_mlm")
     if head == "encoder":
         return mlm
     folder = root / f"{arch.name}_{head}"
-    _head_model(mlm, head, arch).save_pretrained(str(folder), safe_serialization=True)
+    _head_model(mlm, head).save_pretrained(str(folder), safe_serialization=True)
     shutil.copyfile(mlm / "atb_arch.json", folder / "atb_arch.json")
     return folder
 
@@ -90,6 +93,12 @@ def test_onnx_fp32_equals_pytorch(tmp_path, arch, head):
     assert record["head"] == head and record["opset"] >= 17 and record["int8"] is None
     assert json.loads((folder / "atb_arch.json").read_text())["onnx"] == record
     assert assert_parity(folder) == head
+
+
+def test_a_mean_pooling_classifier_exports_with_its_padding_mask(tmp_path):
+    folder = make_export(tmp_path, VANILLA, "classifier", pooling="mean")
+    export_folder(folder, int8=False)
+    assert assert_parity(folder) == "classifier"
 
 
 def test_int8_loads_runs_and_stays_close(tmp_path):

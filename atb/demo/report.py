@@ -162,4 +162,8 @@ def _rows_used(out: Path, tasks: list[str]) -> list[str]:
                          "budget), the same rows for every row of the table, references included.")
         elif sizes:
             lines.append(f"- `{task}`: the whole training split ({sizes.get('train')} rows) for every row.")
+    pooling = (_read(finetune_dir(out, tasks[0], "source") / "metrics.json") or {}).get("pooling") if tasks else None
+    if pooling == "mean":
+        lines.append("- Every classifier reads the mean over the tokens, as the source was trained to (a "
+                     "sentence-transformers mean-pooling encoder), not the [CLS] state.")
     return lines + [""] if lines else []

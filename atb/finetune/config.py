@@ -9,6 +9,7 @@ from pathlib import Path
 from atb.finetune.files import task_dir
 
 TASK_TYPES = ("auto", "classification", "regression", "qa")
+POOLINGS = ("auto", "cls", "mean")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
     seed: int = 42  # initialisation of the task head, data order and dropout
+    pooling: str = "auto"  # what the classifier reads: cls, mean over tokens, or auto (mean for sentence-transformers mean-pooling models and atb exports of them)
     freeze_embeddings: bool = False  # keep the word embeddings as pre-trained (small training sets; much cheaper for tiny models)
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
@@ -54,6 +56,8 @@ class FinetuneConfig:
                 raise ValueError(f"--{name} is required")
         if not self.task and not (self.train_file and self.dev_file):
             raise ValueError("--task is required (a folder or a built-in task), or both --train_file and --dev_file")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"--task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         positive = {"max_seq_len": self.max_seq_len, "batch_size": self.batch_size,

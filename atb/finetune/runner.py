@@ -36,7 +36,9 @@ from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
-from atb.model.extract import ARCH_JSON, count_params
+from atb.model import tiny
+from atb.model.bert_source import declared_pooling
+from atb.model.extract import ARCH_JSON, MODELING_FILE, count_params, tinybert_config
 STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -58,7 +60,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     tokenizer = _load_tokenizer(cfg, model_dir)
     set_seed(cfg.seed)  # the new head's initial weights
-    model = _load_model(model_dir, task, tokenizer, cfg.max_seq_len, trust_code)
+    model = _load_model(model_dir, task, tokenizer, cfg, trust_code)
     params = count_params(model)
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -104,6 +106,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "model": str(model_dir.resolve()),
         **_provenance(model_dir),
         "params": params,
+        **({} if task.task_type == "qa" else {"pooling": getattr(model.config, "classifier_pooling", "cls")}),
         "text_columns": task.text_columns,
         "label_column": task.label_column,
         "labels": task.label_names,
@@ -166,8 +169,9 @@ def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
     return AutoTokenizer.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
 
 
-def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int, trust: bool) -> PreTrainedModel:
+def _load_model(model_dir: Path, task: Task, tokenizer: Any, cfg: FinetuneConfig, trust: bool) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust)
+    max_seq_len = cfg.max_seq_len
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{config.vocab_size}: they do not belong together")
@@ -181,6 +185,15 @@ def _load_model(model_dir: Path, task: Task, tokenizer: Any, max_seq_len: int, t
         names = task.label_names or []
         head = {"num_labels": len(names), "problem_type": "single_label_classification",
                 "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    pooling = declared_pooling(model_dir) if cfg.pooling == "auto" else cfg.pooling
+    if config.model_type == "bert" and pooling == "mean":
+        # stock BERT's classifier reads [CLS]; the same weights load into TinyBert, whose classifier can read
+        # the mean over tokens, and the fine-tuned folder carries its modeling file
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
+        tiny_config = tinybert_config(**{**fields, **head, "classifier_pooling": "mean"})
+        return tiny.TinyBertForSequenceClassification.from_pretrained(str(model_dir), config=tiny_config)
+    if config.model_type != "bert":
+        head["classifier_pooling"] = pooling
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=trust, **head)
 
 
@@ -221,6 +234,9 @@ def _provenance(model_dir: Path) -> dict[str, Any]:
 
 def _finish_model_folder(folder: Path, source: Path) -> None:
     (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
+    if any(MODELING_FILE[:-3] in str(ref) for ref in auto_map.values()) and not (folder / MODELING_FILE).is_file():
+        shutil.copyfile(tiny.__file__, folder / MODELING_FILE)  # a stock BERT fine-tuned with a TinyBert head
     if (source / ARCH_JSON).is_file():
         shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
 

@@ -57,6 +57,24 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+def declared_pooling(folder: str | Path) -> str:
+    """How the folder's encoder turns tokens into one sentence vector: `mean` when it is a
+    sentence-transformers model with mean pooling (modules.json → its Pooling module's config), or an atb
+    export that says so; else `cls` (BERT's pooler over [CLS])."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if config.get("classifier_pooling") in ("cls", "mean"):
+        return config["classifier_pooling"]
+    modules = folder / "modules.json"
+    try:
+        entries = json.loads(modules.read_text()) if modules.is_file() else []
+        pooling = next((m for m in entries if str(m.get("type", "")).endswith(".Pooling")), None)
+        settings = json.loads((folder / pooling["path"] / "config.json").read_text()) if pooling else {}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+        raise ValueError(f"{modules}: cannot read the sentence-transformers pooling ({err})") from None
+    return "mean" if settings.get("pooling_mode_mean_tokens") else "cls"
+
+
 def source_dims(config: dict[str, Any]) -> SourceDims:
     hidden = int(config["hidden_size"])
     return SourceDims(layers=int(config["num_hidden_layers"]), hidden=hidden,

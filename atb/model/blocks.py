@@ -36,6 +36,9 @@ class SuperBertConfig:
     # SuperPLM compressed with per-head bases sets the source's: its leading dims carry almost the whole
     # score, so a narrower head keeps the source's softmax temperature. Exports fold it into the query.
     attention_scale_dim: int | None = None
+    # the sentence vector an exported classifier reads (cls or mean: tiny.TinyBertPooler); a compressed
+    # source's own, so that its sub-networks are fine-tuned the way it was trained
+    classifier_pooling: str = "cls"
 
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_spec(self.space)

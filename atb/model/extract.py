@@ -1,7 +1,8 @@
 """Sub-network → standalone Hugging Face folder.
 
-An arch with qkv == hidden is exactly a stock BERT, so it is written as a vanilla `bert` folder that any
-transformers install loads. Other archs are written as TinyBert with `auto_map` and the modeling file
+An arch with qkv == hidden whose classifier reads [CLS] is exactly a stock BERT, so it is written as a
+vanilla `bert` folder that any transformers install loads. Other archs, and every arch of a SuperPLM whose
+classifiers read the mean over tokens, are written as TinyBert with `auto_map` and the modeling file
 copied in, so `trust_remote_code=True` loads them without atb. Either way the folder appears in one
 rename, complete, with `atb_arch.json` recording where it came from. `write_export` is the one writer of
 such a folder (`tools/extract.py` and the students of `tools/develop.py` both go through it).
@@ -25,8 +26,19 @@ ARCH_JSON = "atb_arch.json"
 MODELING_FILE = "modeling_atb_tinybert.py"
 
 
+def is_stock_bert(arch: Arch, cfg: SuperBertConfig) -> bool:
+    return arch.is_vanilla_bert and cfg.classifier_pooling == "cls"
+
+
+def tinybert_config(**fields: Any) -> tiny.TinyBertConfig:
+    """A TinyBert config whose folder loads through the modeling file written beside it."""
+    config = tiny.TinyBertConfig(**fields)
+    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{cls}" for auto, cls in tiny.AUTO_MAP.items()}
+    return config
+
+
 def hf_config_for(arch: Arch, cfg: SuperBertConfig) -> BertConfig | tiny.TinyBertConfig:
-    """The transformers config of `arch` with the supernet's vocabulary, positions and dropout."""
+    """The transformers config of `arch` with the supernet's vocabulary, positions, dropout and pooling."""
     common: dict[str, Any] = dict(
         vocab_size=cfg.vocab_size, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
         num_attention_heads=arch.heads, intermediate_size=arch.ffn, hidden_act="gelu",
@@ -34,11 +46,9 @@ def hf_config_for(arch: Arch, cfg: SuperBertConfig) -> BertConfig | tiny.TinyBer
         max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
         initializer_range=cfg.initializer_range, layer_norm_eps=cfg.layer_norm_eps, pad_token_id=cfg.pad_token_id,
     )
-    if arch.is_vanilla_bert:
+    if is_stock_bert(arch, cfg):
         return BertConfig(**common)
-    config = tiny.TinyBertConfig(qkv_size=arch.qkv, **common)
-    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{cls}" for auto, cls in tiny.AUTO_MAP.items()}
-    return config
+    return tinybert_config(qkv_size=arch.qkv, classifier_pooling=cfg.classifier_pooling, **common)
 
 
 def build_masked_lm(super_model: SuperBert, arch: Arch) -> PreTrainedModel:
@@ -53,7 +63,7 @@ def build_masked_lm(super_model: SuperBert, arch: Arch) -> PreTrainedModel:
 
 def new_masked_lm(arch: Arch, cfg: SuperBertConfig) -> PreTrainedModel:
     """A freshly initialised exported-format model of `arch` (what latency is measured on)."""
-    model_cls = BertForMaskedLM if arch.is_vanilla_bert else tiny.TinyBertForMaskedLM
+    model_cls = BertForMaskedLM if is_stock_bert(arch, cfg) else tiny.TinyBertForMaskedLM
     return model_cls(hf_config_for(arch, cfg))
 
 
@@ -77,17 +87,17 @@ def write_export(model: PreTrainedModel, arch: Arch, out_dir: str | Path, tokeni
                  overwrite: bool = False) -> Path:
     """Weights (safetensors), the modeling file unless it is a vanilla BERT, the tokenizer (when given) and
     atb_arch.json (arch, format, parameter count and `record`), appearing in one rename."""
-    out_dir = Path(out_dir)
+    out_dir, stock = Path(out_dir), model.config.model_type == "bert"
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        if not arch.is_vanilla_bert:
+        if not stock:
             shutil.copyfile(tiny.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         # the modeling file's hash lets fine-tuning tell atb's own file from an edited one before running it
-        code = {} if arch.is_vanilla_bert else {"modeling_sha256": file_sha256(tmp / MODELING_FILE)}
+        code = {} if stock else {"modeling_sha256": file_sha256(tmp / MODELING_FILE)}
         write_json_atomic(tmp / ARCH_JSON, {"arch": arch.to_dict(), "arch_name": arch.name,
-                                            "format": "bert" if arch.is_vanilla_bert else "atb_tinybert",
+                                            "format": "bert" if stock else "atb_tinybert",
                                             "params": count_params(model), **code, **record})
     return out_dir
 

@@ -1,10 +1,9 @@
-"""TinyBert: a plain transformers model for an architecture whose attention width (qkv) differs from its
-hidden size, which stock BERT cannot express.
+"""TinyBert: a plain transformers BERT that stock BERT cannot express: attention width (qkv) other than the
+hidden size, or a classifier that reads the mean over tokens instead of [CLS].
 
-This file is copied verbatim into every exported folder whose arch is not vanilla BERT, so that
-`AutoModel*.from_pretrained(folder, trust_remote_code=True)` works where atb is not installed. It must
-therefore import nothing but torch and transformers. Parameter names follow transformers' BERT, so a
-TinyBert checkpoint with qkv == hidden is also a BERT checkpoint.
+This file is copied verbatim into every exported folder that is not a vanilla BERT, so that
+`AutoModel*.from_pretrained(folder, trust_remote_code=True)` works where atb is not installed: it imports
+nothing but torch and transformers. Parameter names follow transformers' BERT.
 """
 
 from __future__ import annotations
@@ -15,12 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MaskedLMOutput,
-    QuestionAnsweringModelOutput,
-    SequenceClassifierOutput,
-)
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, QuestionAnsweringModelOutput,
+                                           SequenceClassifierOutput)
 
 
 class TinyBertConfig(PretrainedConfig):
@@ -31,7 +26,8 @@ class TinyBertConfig(PretrainedConfig):
                  hidden_act: str = "gelu", hidden_dropout_prob: float = 0.1,
                  attention_probs_dropout_prob: float = 0.1, max_position_embeddings: int = 512,
                  type_vocab_size: int = 2, initializer_range: float = 0.02, layer_norm_eps: float = 1e-12,
-                 pad_token_id: int = 0, classifier_dropout: float | None = None, **kwargs):
+                 pad_token_id: int = 0, classifier_dropout: float | None = None, classifier_pooling: str = "cls",
+                 **kwargs):
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
@@ -41,7 +37,9 @@ class TinyBertConfig(PretrainedConfig):
             raise ValueError(f"qkv_size {self.qkv_size} is not divisible by {num_attention_heads} heads")
         self.intermediate_size, self.hidden_act = intermediate_size, hidden_act
         self.hidden_dropout_prob, self.attention_probs_dropout_prob = hidden_dropout_prob, attention_probs_dropout_prob
-        self.classifier_dropout = classifier_dropout
+        if classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {classifier_pooling!r}")
+        self.classifier_dropout, self.classifier_pooling = classifier_dropout, classifier_pooling
         self.max_position_embeddings, self.type_vocab_size = max_position_embeddings, type_vocab_size
         self.initializer_range, self.layer_norm_eps = initializer_range, layer_norm_eps
 
@@ -85,8 +83,7 @@ class TinyBertSelfAttention(nn.Module):
 
 
 class TinyBertOutput(nn.Module):
-    """Projects a block's result back to the hidden size, adds the residual and normalises (the attention
-    block's `attention.output` and the FFN's `output`, as in BERT)."""
+    """A block's projection back to the hidden size, plus the residual, normalised (as BERT's `*.output`)."""
 
     def __init__(self, config: TinyBertConfig, in_features: int):
         super().__init__()
@@ -140,13 +137,21 @@ class TinyBertEncoder(nn.Module):
         return x
 
 
+def mean_over_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    weights = torch.ones_like(x[..., :1]) if attention_mask is None else attention_mask[..., None].to(x.dtype)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 class TinyBertPooler(nn.Module):
+    """The sentence vector a classifier reads: BERT's [CLS] state through dense + tanh, or, for encoders
+    trained as sentence embedders (whose [CLS] state was never trained to summarise), the mean over tokens."""
+
     def __init__(self, config: TinyBertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size) if config.classifier_pooling == "cls" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(x[:, 0]))
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return mean_over_tokens(x, attention_mask) if self.dense is None else torch.tanh(self.dense(x[:, 0]))
 
 
 class TinyBertPreTrainedModel(PreTrainedModel):
@@ -180,7 +185,7 @@ class TinyBertModel(TinyBertPreTrainedModel):
         if attention_mask is not None and (exporting or not bool(attention_mask.all())):
             mask = attention_mask[:, None, None, :].bool()
         x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        pooled = self.pooler(x, attention_mask) if self.pooler is not None else None
         return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled)
 
 
@@ -207,10 +212,8 @@ class TinyBertLMPredictionHead(nn.Module):
 
 
 class TinyBertForMaskedLM(TinyBertPreTrainedModel):
-    _tied_weights_keys = {
-        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias",
-    }
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                          "cls.predictions.decoder.bias": "cls.predictions.bias"}
 
     def __init__(self, config: TinyBertConfig):
         super().__init__(config)
@@ -231,9 +234,7 @@ class TinyBertForMaskedLM(TinyBertPreTrainedModel):
                 **kwargs) -> MaskedLMOutput:
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         logits = self.cls(hidden)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1), ignore_index=-100)
+        loss = None if labels is None else F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
@@ -283,8 +284,7 @@ class TinyBertForQuestionAnswering(TinyBertPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             ignored = start_logits.shape[1]
-            start = start_positions.clamp(0, ignored)
-            end = end_positions.clamp(0, ignored)
+            start, end = start_positions.clamp(0, ignored), end_positions.clamp(0, ignored)
             loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
                     + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits.contiguous(),

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from atb.model.elastic import ElasticLinear, SuperBert
+from atb.model.tiny import mean_over_tokens
 from atb.space import Arch
 from atb.train.consolidate import consolidated_extras
 from atb.train.objectives import attention_score_mse, kd_losses
@@ -102,10 +103,11 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 class RepresentationFitness(_DevBatchFitness):
     """How much of the teacher's last-layer representation a sub-network carries: the mean of the linear CKA
-    over real tokens and over each block's first ([CLS]) token, on fixed dev batches; higher is better.
+    over real tokens and over each block's sentence vector, on fixed dev batches; higher is better.
 
     Unlike the KD loss it needs no projection, whose zero-padded channels flatter narrow sub-networks, and
-    it weighs the [CLS] state that sequence classifiers read (bench/RESULTS.md, proxy_rank)."""
+    it weighs the sentence vector that the exported sequence classifiers read: the first ([CLS]) token's
+    state, or the mean over tokens (`classifier_pooling`; bench/RESULTS.md, proxy_rank)."""
 
     higher_is_better = True
     name = "cka"
@@ -115,18 +117,23 @@ class RepresentationFitness(_DevBatchFitness):
         self.masks = [b["attention_mask"].bool() for b in self.batches]
         hidden = [out.hidden for out in self._teacher_outputs(teacher)]
         self.teacher_tokens = torch.cat([h[m] for h, m in zip(hidden, self.masks)])
-        self.teacher_first = torch.cat([h[:, 0] for h in hidden])
+        self.teacher_sentences = torch.cat([self._sentences(h, b) for h, b in zip(hidden, self.batches)])
+
+    def _sentences(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.model.config.classifier_pooling == "mean":
+            return mean_over_tokens(hidden, batch["attention_mask"])
+        return hidden[:, 0]
 
     @torch.inference_mode()
     def __call__(self, arch: Arch) -> float:
         self.model.space.validate(arch)
-        tokens, first = [], []
+        tokens, sentences = [], []
         for b, m in zip(self.batches, self.masks):
             hidden, _ = self.model.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"], arch)
             tokens.append(hidden[m])
-            first.append(hidden[:, 0])
+            sentences.append(self._sentences(hidden, b))
         return 0.5 * (linear_cka(torch.cat(tokens), self.teacher_tokens)
-                      + linear_cka(torch.cat(first), self.teacher_first))
+                      + linear_cka(torch.cat(sentences), self.teacher_sentences))
 
 
 KD_PROJECTION_FILE = "kd_projection.safetensors"

@@ -14,7 +14,7 @@ import yaml
 
 from atb.data import dev_batches
 from atb.fsutil import write_text_atomic
-from atb.model.bert_source import read_config, source_dims
+from atb.model.bert_source import declared_pooling, read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch, SearchSpace
 from atb.train import compress
@@ -33,9 +33,10 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
     --init_from, else at random."""
     # the ordered source's per-head bases put almost all of a score in a head's leading dims
     scale_dim = source_dims(read_config(source)).head_dim if source is not None else None
+    pooling = declared_pooling(cfg.init_from) if cfg.init_from else "cls"
     sb_cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab_size, max_position_embeddings=cfg.max_positions,
                              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                             attention_scale_dim=scale_dim)
+                             attention_scale_dim=scale_dim, classifier_pooling=pooling)
     model = SuperBert(sb_cfg)
     if source is not None:
         from atb.model.pretrained_init import init_from_pretrained
@@ -49,6 +50,7 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
             if source.config.space != sb_cfg.space or source.config.vocab_size != vocab_size:
                 raise ValueError(f"--init_from {cfg.init_from}: its space/vocab differ from this run's "
                                  f"({source.space.name}, {source.config.vocab_size} vs {space.name}, {vocab_size})")
+            model.config.classifier_pooling = source.config.classifier_pooling
             model.load_state_dict(untied_state_dict(source), strict=False)
         else:
             from atb.model.pretrained_init import init_from_pretrained
