@@ -39,7 +39,8 @@ class Sizes:
     finetune_epochs: float
     finetune_train: int
     finetune_eval: int
-    latency_flags: tuple = ()  # extra `latency measure` / `fit` flags (the micro size times less carefully)
+    # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine)
+    latency_flags: tuple = ()
     fit_flags: tuple = ()
     targets: str = "2x,4x"  # speed-ups over the source model; at 32 tokens (micro) per-op overhead leaves ~2x at most
     # search at the source's hidden width; the micro size's six-arch latency fit is too coarse to promise
@@ -60,7 +61,7 @@ SIZES = {
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
-                                                                      "--seq", 32, "--probe", "false"),
+                                                                      "--seq", 32, "--probe", "true"),
                    fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.25x,1.5x,2x", whole_width=False),
 }
 SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
