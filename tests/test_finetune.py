@@ -75,9 +75,14 @@ def test_single_sentence_classification_beats_majority_and_saves_the_evaluated_m
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
     task = write_sst2_task(tmp_path / "sst2")
     out = tmp_path / "out"
-    record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=8))
+    with CaptureLogger(hf_logging.get_logger("transformers.configuration_utils")) as log:
+        record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=8))
+    assert "instantiate a model of type" not in log.out  # the export's config loads as its own class
 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["dev"] == pytest.approx(record["dev"])

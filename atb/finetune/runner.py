@@ -58,7 +58,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         _fresh_staging(staging, out_dir)
     deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
-    tokenizer = _load_tokenizer(cfg, model_dir)
+    tokenizer = _load_tokenizer(cfg, model_dir, trust_code)
     set_seed(cfg.seed)  # the new head's initial weights
     model = _load_model(model_dir, task, tokenizer, cfg, trust_code)
     params = count_params(model)
@@ -161,12 +161,14 @@ def _fresh_staging(staging: Path, out_dir: Path) -> None:
     (staging / STAGING_MARK).touch()
 
 
-def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path):
+def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path, trust_model_code: bool):
     source = Path(cfg.tokenizer) if cfg.tokenizer else model_dir
     if not any((source / name).is_file() for name in TOKENIZER_FILES):
         hint = "" if cfg.tokenizer else "; pass --tokenizer <folder>"
         raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}{hint}")
-    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
+    # AutoTokenizer reads the folder's config too: an atb export's config needs its (trusted) modeling file
+    trust = trust_model_code if source == model_dir else cfg.trust_remote_code
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust)
 
 
 def _load_model(model_dir: Path, task: Task, tokenizer: Any, cfg: FinetuneConfig, trust: bool) -> PreTrainedModel:
