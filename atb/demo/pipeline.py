@@ -43,7 +43,7 @@ class Sizes:
     latency_flags: tuple = ()
     fit_flags: tuple = ()
     targets: str = "2x,4x"  # speed-ups over the source model; at 32 tokens (micro) per-op overhead leaves ~2x at most
-    # search at the source's hidden width; the micro size's six-arch latency fit is too coarse to promise
+    # search at the source's hidden width; the micro size's small latency fit is too coarse to promise
     # whole-width archs inside each of its targets' bands
     whole_width: bool = True
     pretrain_lr: float = 1e-4
@@ -58,7 +58,7 @@ SIZES = {
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
                   finetune_train=1000, finetune_eval=500),
-    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=6,
+    "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=12,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
                                                                       "--seq", 32, "--probe", "true"),
