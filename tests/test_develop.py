@@ -84,7 +84,7 @@ def test_students_start_at_the_supernets_kd_loss_through_its_projection():
     from atb.train.objectives import Teacher
     from atb.train.students import Students
     from conftest import make_supernet
-    from test_search import masked_batches
+    from test_search_fitness import masked_batches
 
     torch.manual_seed(0)
     teacher = Teacher(BertModel(BertConfig(vocab_size=100, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,

@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import make_supernet
 from launching import run_tool
-from test_search import masked_batches, write_tiny_task
+from test_search_fitness import masked_batches, write_tiny_task
 
 from atb.search.state import read_journals
 from atb.space import Arch, SearchSpace
