@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atb.fsutil import file_sha256, read_json
-from atb.model.extract import MODELING_FILE
+from atb.model.extract import MODELING_FILE, MODELING_MODULE
 
 HINT = "pass --trust_remote_code true only if you trust whoever wrote it"
 
@@ -35,7 +35,7 @@ def allow_remote_code(model_dir: Path, user_trusts: bool) -> bool:
     if not auto_map or user_trusts:
         return bool(auto_map)
     modules = _modules_named(auto_map)
-    if modules != {MODELING_FILE[:-3]}:
+    if modules != {MODELING_MODULE}:
         raise ValueError(f"{model_dir / 'config.json'} maps its classes to code {sorted(modules)}, not atb's "
                          f"{MODELING_FILE}; that code would run when the model loads: {HINT}")
     modeling = model_dir / MODELING_FILE

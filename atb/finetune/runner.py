@@ -38,7 +38,7 @@ from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import publish_dir, write_json_atomic
 from atb.model import tiny
 from atb.model.bert_source import declared_pooling
-from atb.model.extract import ARCH_JSON, MODELING_FILE, count_params, tinybert_config
+from atb.model.extract import ARCH_JSON, MODELING_FILE, MODELING_MODULE, count_params, tinybert_config
 STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -237,7 +237,7 @@ def _provenance(model_dir: Path) -> dict[str, Any]:
 def _finish_model_folder(folder: Path, source: Path) -> None:
     (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's config is in metrics.json
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
-    if any(MODELING_FILE[:-3] in str(ref) for ref in auto_map.values()) and not (folder / MODELING_FILE).is_file():
+    if any(MODELING_MODULE in str(ref) for ref in auto_map.values()) and not (folder / MODELING_FILE).is_file():
         shutil.copyfile(tiny.__file__, folder / MODELING_FILE)  # a stock BERT fine-tuned with a TinyBert head
     if (source / ARCH_JSON).is_file():
         shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)

@@ -23,7 +23,8 @@ from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.space import Arch
 
 ARCH_JSON = "atb_arch.json"
-MODELING_FILE = "modeling_atb_tinybert.py"
+MODELING_MODULE = "modeling_atb_tinybert"  # what an export's auto_map names
+MODELING_FILE = f"{MODELING_MODULE}.py"
 
 
 def is_stock_bert(arch: Arch, cfg: SuperBertConfig) -> bool:
@@ -33,7 +34,7 @@ def is_stock_bert(arch: Arch, cfg: SuperBertConfig) -> bool:
 def tinybert_config(**fields: Any) -> tiny.TinyBertConfig:
     """A TinyBert config whose folder loads through the modeling file written beside it."""
     config = tiny.TinyBertConfig(**fields)
-    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{cls}" for auto, cls in tiny.AUTO_MAP.items()}
+    config.auto_map = {auto: f"{MODELING_MODULE}.{cls}" for auto, cls in tiny.AUTO_MAP.items()}
     return config
 
 
