@@ -138,6 +138,26 @@ def test_a_mean_pooling_sentence_encoder_is_fine_tuned_through_the_mean_over_its
     assert cls["pooling"] == "cls"
 
 
+def test_another_model_family_fine_tunes_with_its_own_pooling_and_refuses_the_mean(tokenizer_dir, tmp_path):
+    """A DistilBERT folder's classifier reads its first token only: it fine-tunes with that, and `--pooling
+    mean` is refused rather than recorded while the model reads something else."""
+    import shutil
+
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder = tmp_path / "distilbert"
+    DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, hidden_dim=32,
+                                     max_position_embeddings=64)).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, folder / name)
+    task = write_sst2_task(tmp_path / "sst2")
+    assert finetune(fast_cfg(folder, task, tmp_path / "own", epochs=0.2))["pooling"] == "cls"
+    with pytest.raises(ValueError, match="--pooling mean.*distilbert"):
+        finetune(fast_cfg(folder, task, tmp_path / "out", epochs=1, pooling="mean"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_sentence_pair_task_with_mrpc_columns(exports, tmp_path):
     """MRPC's header and column names; the label is only in sentence 2, so the pair must reach the model."""
     task = write_mrpc_task(tmp_path / "mrpc")

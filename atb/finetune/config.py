@@ -39,7 +39,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
     seed: int = 42  # initialisation of the task head, data order and dropout
-    pooling: str = "auto"  # what the classifier reads: cls, mean over tokens, or auto (mean for sentence-transformers mean-pooling models and atb exports of them)
+    pooling: str = "auto"  # what the classifier reads: cls, mean over tokens (bert and atb exports), or auto (the folder's own: mean for sentence-transformers mean-pooling BERTs)
     freeze_embeddings: bool = False  # keep the word embeddings as pre-trained (small training sets; much cheaper for tiny models)
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed

@@ -194,8 +194,11 @@ def _load_model(model_dir: Path, task: Task, tokenizer: Any, cfg: FinetuneConfig
         fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
         tiny_config = tinybert_config(**{**fields, **head, "classifier_pooling": "mean"})
         return tiny.TinyBertForSequenceClassification.from_pretrained(str(model_dir), config=tiny_config)
-    if config.model_type != "bert":
+    if config.model_type == tiny.TinyBertConfig.model_type:
         head["classifier_pooling"] = pooling
+    elif cfg.pooling == "mean":
+        raise ValueError(f"--pooling mean: a {config.model_type!r} classifier reads its own pooled state; atb can "
+                         "make bert and atb_tinybert classifiers read the mean over tokens")
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=trust, **head)
 
 
