@@ -85,7 +85,8 @@ def test_export_loads_in_a_process_without_atb(tmp_path, space, pooling):
     torch.save({"ids": ids, "mask": mask, "types": types}, tmp_path / "batch.pt")
     script = tmp_path / "load.py"
     script.write_text(NO_ATB_LOADER)
-    for a in ([arch, vanilla] if space == "tiny" else [arch]) if pooling == "cls" else [vanilla]:
+    archs = [vanilla] if pooling == "mean" else [arch, vanilla] if space == "tiny" else [arch]
+    for a in archs:
         out = extract(model, a, tmp_path / a.name, provenance={"source_checkpoint": "test", "source_step": 5})
         record = json.loads((out / "atb_arch.json").read_text())
         assert record["arch"] == a.to_dict() and record["source_step"] == 5
