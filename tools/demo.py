@@ -24,8 +24,8 @@ class DemoConfig:
     """Run the whole atb pipeline on the built-in demo corpus and tasks."""
 
     out_dir: str = "runs/demo"  # every stage's output and report.md; re-run to continue
-    size: str = "demo"  # demo (~13-16 min on 2 CPU cores) | micro (smoke test, ~2 min)
-    targets: list[str] = field(default_factory=list)  # speed-ups over the largest arch (default 2x,4x,8x; micro 1.5x,2x,3x)
+    size: str = "demo"  # demo (the whole chain, ~15 min on 2 CPU cores) | micro (the same chain at toy scale)
+    targets: list[str] = field(default_factory=list)  # speed-ups over the source (default: the size's; demo 2x,4x)
     tasks: list[str] = field(default_factory=lambda: ["movie_sentiment", "sms_spam"])  # built-in tasks or task folders
     corpus: str = "demo"  # pre-training corpus (the built-in one by default)
     source: str = "minilm"  # the BERT-family folder to compress (minilm: all-MiniLM-L6-v2 from the demo extra)
