@@ -27,8 +27,6 @@ class ExtractConfig:
 
 
 def run(cfg: ExtractConfig) -> None:
-    from atb.model.extract import extract
-    from atb.model.supernet_io import load_supernet
     from atb.space import Arch
 
     for flag in ("checkpoint", "arch", "out"):
@@ -37,6 +35,10 @@ def run(cfg: ExtractConfig) -> None:
     arch = Arch.parse(cfg.arch)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"output folder {cfg.out} already exists; choose another or pass --overwrite")
+    # torch and transformers take seconds to import: a mistyped flag is refused before that
+    from atb.model.extract import extract
+    from atb.model.supernet_io import load_supernet
+
     model, meta = load_supernet(cfg.checkpoint, cfg.trust_checkpoint)
     model.space.validate(arch)
     provenance = {"source_checkpoint": str(Path(cfg.checkpoint).resolve()), "source_step": meta.get("step")}
