@@ -3,6 +3,8 @@ hand, and the quick fine-tune child process. The search core is in test_search.p
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
