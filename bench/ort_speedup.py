@@ -26,9 +26,9 @@ from _common import bench_line, machine_line
 from atb.deploy.latency import measure_folder_latency
 from atb.deploy.onnx_export import export_folder
 from atb.deploy.runtime import RUNTIMES
-from atb.latency.measure import MeasureSettings, default_model_config
+from atb.latency.measure import MeasureSettings
 from atb.latency.sampling import sample_archs
-from atb.model.extract import new_masked_lm
+from atb.model.extract import default_model_config, new_masked_lm
 from atb.space import SearchSpace
 
 

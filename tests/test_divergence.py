@@ -44,7 +44,7 @@ def test_a_divergence_error_names_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow  # two tiny pre-training runs: ~1-2 min on 2 busy cores
 def test_lr_1e9_stops_before_saving_poison_and_a_sane_rerun_trains_past_it(tmp_path):
-    from atb.model.supernet_io import load_supernet
+    from atb.train.consolidate import load_supernet_or_checkpoint
 
     out = tmp_path / "run"
     schedule = {"steps": 6, "save_every": 1, "warmup_steps": 4}
@@ -54,7 +54,7 @@ def test_lr_1e9_stops_before_saving_poison_and_a_sane_rerun_trains_past_it(tmp_p
     tag = (out / "checkpoints" / "latest").read_text().strip()
     assert tag == f"step{failure_step - 1:08d}" and "last good checkpoint is" in failed.stderr
     assert str(out / "checkpoints" / tag) in failed.stderr
-    saved, _ = load_supernet(out / "checkpoints")
+    saved, _ = load_supernet_or_checkpoint(out / "checkpoints")
     peak = max(float(p.detach().abs().max()) for p in saved.parameters())
     assert math.isfinite(peak) and peak < 1e4
     run_tool("pretrain", tiny_pretrain_args(tmp_path, out, lr=2e-3, **schedule))

@@ -40,13 +40,13 @@ def crafted_checkpoint(root: Path, marker: Path) -> Path:
 
 
 def test_a_crafted_checkpoint_pickle_is_refused_and_runs_nothing(tmp_path):
-    from atb.model.supernet_io import load_supernet
+    from atb.train.consolidate import load_supernet_or_checkpoint
     from atb.train.checkpointing import CheckpointError
 
     marker = tmp_path / "marker"
     ckpt = crafted_checkpoint(tmp_path / "checkpoints", marker)
     with pytest.raises(CheckpointError, match="trust_checkpoint"):
-        load_supernet(ckpt)
+        load_supernet_or_checkpoint(ckpt)
     proc = subprocess.run([PYTHON, str(REPO / "tools" / "extract.py"), "--checkpoint", str(ckpt), "--arch",
                            "L1_H32_A2_Q16_F48", "--out", str(tmp_path / "out")], capture_output=True, text=True,
                           timeout=120, cwd=REPO)

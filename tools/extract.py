@@ -37,9 +37,9 @@ def run(cfg: ExtractConfig) -> None:
         raise FileExistsError(f"output folder {cfg.out} already exists; choose another or pass --overwrite")
     # torch and transformers take seconds to import: a mistyped flag is refused before that
     from atb.model.extract import extract
-    from atb.model.supernet_io import load_supernet
+    from atb.train.consolidate import load_supernet_or_checkpoint
 
-    model, meta = load_supernet(cfg.checkpoint, cfg.trust_checkpoint)
+    model, meta = load_supernet_or_checkpoint(cfg.checkpoint, cfg.trust_checkpoint)
     model.space.validate(arch)
     provenance = {"source_checkpoint": str(Path(cfg.checkpoint).resolve()), "source_step": meta.get("step")}
     out = extract(model, arch, cfg.out, tokenizer=cfg.tokenizer or meta.get("tokenizer"),

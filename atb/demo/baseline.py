@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from atb.fsutil import write_json_atomic
+from atb.latency import LatencyPredictor
+from atb.search.outputs import read_results
 from atb.space import Arch, SearchSpace
 
 
@@ -30,9 +32,6 @@ def bert_ratio_archs(space: SearchSpace) -> list[Arch]:
 
 def picks_with_baselines(results: Path, predictor_dir: Path, space_name: str | Path, out: Path) -> list[dict]:
     """Search picks plus, per target, the BERT-ratio arch of the nearest predicted latency."""
-    from atb.latency import LatencyPredictor
-    from atb.search.outputs import read_results
-
     predictor = LatencyPredictor.load(predictor_dir)
     space = SearchSpace.load(space_name)
     family = bert_ratio_archs(space)

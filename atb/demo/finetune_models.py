@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from atb.demo.report import accuracy
+from atb.finetune import FinetuneConfig, finetune
 from atb.fsutil import write_json_atomic
-
 
 # A run that learned anything ends with a mean training loss clearly below ln(labels); one that stayed on
 # the plateau sits at it, whatever its dev accuracy happens to be.
@@ -78,8 +78,6 @@ def claim(claims: Path | None, index: int) -> bool:
 
 
 def main(spec_file: str, claims: str | None = None) -> None:
-    from atb.finetune import FinetuneConfig, finetune
-
     runs = json.loads(Path(spec_file).read_text())
     for i, fields in enumerate(runs, 1):
         if not claim(Path(claims) if claims else None, i):

@@ -182,7 +182,7 @@ class Stages:
         return path
 
     def develop(self) -> None:
-        from atb.demo.baseline import picks_with_baselines
+        from atb.demo.baseline import picks_with_baselines  # torch and transformers: only for this stage
 
         s = self.sizes
         picks = self.out / "develop_picks.json"

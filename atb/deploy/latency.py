@@ -2,47 +2,22 @@
 (atb.latency.measure: warm-up, thread CPU clock, contention probe), with ONNX Runtime doing the forward.
 
 `measure_folder_latency` times an exported folder's own model (its checked, non-stale ONNX file for the
-ORT runtimes); `onnx_forward` turns an in-memory model into an ORT forward, which is how a latency table
-of a space is measured on ORT without writing folders.
+ORT runtimes); a latency table of a space is measured on ORT without writing folders through
+`ort_forward.onnx_forward`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from atb.deploy.onnx_export import export_module, load_served_model, onnx_file, quantize_int8
+from atb.deploy.onnx_export import load_served_model, onnx_file
+from atb.deploy.ort_forward import OrtForward
 from atb.deploy.runtime import ORT_INT8, TORCH, check_runtime, open_session
 from atb.latency.measure import Measurement, MeasureSettings, random_inputs, time_forward
-
-
-class OrtForward:
-    """An ORT session called like a torch module; the inputs are converted to numpy once, outside the clock."""
-
-    def __init__(self, session: Any, inputs: dict[str, torch.Tensor]):
-        self.session = session
-        self.feeds = {name: tensor.cpu().numpy() for name, tensor in inputs.items()}
-
-    def __call__(self, **_: torch.Tensor) -> list[Any]:
-        return self.session.run(None, self.feeds)
-
-
-def onnx_forward(model: torch.nn.Module, head: str, inputs: dict[str, torch.Tensor],
-                 settings: MeasureSettings) -> OrtForward:
-    """Export `model` to a temporary ONNX file (quantized for onnxruntime-int8) and open it on ORT."""
-    config = model.config
-    with tempfile.TemporaryDirectory(prefix="atb-onnx-") as tmp:
-        path = export_module(model, head, Path(tmp) / "model.onnx", max_positions=config.max_position_embeddings,
-                             vocab=config.vocab_size)
-        if settings.runtime == ORT_INT8:
-            quantize_int8(path, Path(tmp) / "model.int8.onnx")
-            path = Path(tmp) / "model.int8.onnx"
-        session, _ = open_session(path, settings.threads)  # the session holds the graph; the file can go
-    return OrtForward(session, inputs)
 
 
 def measure_folder_latency(folder: str | Path, runtime: str = ORT_INT8, settings: MeasureSettings | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atb.fsutil import file_sha256, read_json
+from atb.model import tiny
 from atb.model.extract import MODELING_FILE, MODELING_MODULE
 
 HINT = "pass --trust_remote_code true only if you trust whoever wrote it"
@@ -17,8 +18,6 @@ HINT = "pass --trust_remote_code true only if you trust whoever wrote it"
 
 def atb_modeling_sha256() -> str:
     """The hash of the modeling file this atb writes into its exports."""
-    from atb.model import tiny
-
     return file_sha256(Path(tiny.__file__))
 
 

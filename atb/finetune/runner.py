@@ -39,6 +39,9 @@ from atb.fsutil import publish_dir, write_json_atomic
 from atb.model import tiny
 from atb.model.bert_source import declared_pooling
 from atb.model.extract import ARCH_JSON, MODELING_FILE, MODELING_MODULE, count_params, tinybert_config
+from atb.train import ds_config as ds
+from atb.train.distributed import init_distributed
+
 STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -255,9 +258,6 @@ def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     always told to gather the weights when saving (overriding the config) so that model/ holds a model
     that transformers loads.
     """
-    from atb.train import ds_config as ds
-    from atb.train.distributed import init_distributed
-
     path = ds.resolve_path(name)
     try:
         config = json.loads(path.read_text())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from atb.fsutil import write_json_atomic
+from atb.model.extract import default_model_config, new_masked_lm
 from atb.space import Arch
 
 
@@ -81,9 +84,6 @@ class ReferenceProbe:
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, seq: int = 128,
                  quiet_ms: float = float("inf")):
-        from atb.latency.measure import default_model_config  # measure imports this module
-        from atb.model.extract import new_masked_lm
-
         self.clock = clock
         torch.manual_seed(0)
         self.model = new_masked_lm(self.ARCH, default_model_config(seq, vocab_size=1000)).bert.eval()
@@ -111,13 +111,22 @@ class ReferenceProbe:
         return self.quiet_ms
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cache_path() -> Path:
     return Path(os.environ.get("ATB_PROBE_CACHE", Path.home() / ".cache" / "atb" / "latency_probe.json"))
 
 
 def _cache_key(clock_name: str, threads: int) -> str:
-    from atb.latency.measure import cpu_name
-
     return (f"{cpu_name()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
             f"threads {threads} | clock {clock_name} | probe {ReferenceProbe.ARCH.name}")
 
@@ -139,8 +148,6 @@ def remember_quiet(probe: "ReferenceProbe") -> None:
     if probe.quiet_ms < cache.get(key, float("inf")):
         cache[key] = round(probe.quiet_ms, 6)
         try:
-            from atb.fsutil import write_json_atomic
-
             write_json_atomic(cache_path(), cache)
         except OSError:
             pass

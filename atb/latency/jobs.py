@@ -12,11 +12,12 @@ from typing import Any
 
 from atb.deploy.runtime import check_same_runtime
 from atb.latency.evaluation import fit_and_evaluate, format_metrics
-from atb.latency.measure import MeasureSettings, default_model_config, device_description, measure_latency
+from atb.latency.measure import MeasureSettings, device_description, measure_latency
 from atb.latency.predictor import FitOptions, LatencyPredictor
 from atb.latency.sampling import sample_archs
 from atb.latency.table import append_row, check_consistent, make_row, read_table
 from atb.latency.targets import parse_target, reference_latency
+from atb.model.extract import default_model_config
 from atb.space import Arch, SearchSpace
 
 

@@ -18,7 +18,6 @@ defences keep the numbers those of a quiet machine:
 from __future__ import annotations
 
 import gc
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,10 +25,11 @@ from typing import Any, Callable
 
 import torch
 
+from atb.deploy.ort_forward import onnx_forward
 from atb.deploy.runtime import TORCH, check_runtime, session_options
 from atb.latency import contention
 from atb.model.elastic import SuperBertConfig
-from atb.model.extract import new_masked_lm
+from atb.model.extract import default_model_config, new_masked_lm
 from atb.space import Arch
 
 DTYPES = ("float32", "float16", "bfloat16")  # torch's names, as latency tables record them
@@ -127,22 +127,11 @@ def summarize(times_ms: list[float], **extra: Any) -> Measurement:
                        repeats=len(ordered), times_ms=list(times_ms), **extra)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_description(settings: MeasureSettings) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a latency: hardware, software and input shape."""
     desc: dict[str, Any] = {**settings.identity(), "torch": torch.__version__}
     if settings.device == "cpu":
-        desc["name"] = cpu_name()
+        desc["name"] = contention.cpu_name()
         desc["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if settings.runtime != TORCH:
             desc["onnxruntime"] = session_options(settings.threads)[1]
@@ -150,11 +139,6 @@ def device_description(settings: MeasureSettings) -> dict[str, Any]:
         desc["name"] = torch.cuda.get_device_name(torch.device(settings.device))
         desc["cuda"] = torch.version.cuda
     return desc
-
-
-def default_model_config(seq: int, vocab_size: int = 30522) -> SuperBertConfig:
-    """Vocabulary and positions of a standard BERT; only these (not the space) shape the exported model."""
-    return SuperBertConfig(space={}, vocab_size=vocab_size, max_position_embeddings=max(512, seq))
 
 
 def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
@@ -172,9 +156,7 @@ def measure_latency(arch: Arch, model_config: SuperBertConfig | None = None,
     encoder.to(device=torch.device(settings.device), dtype=getattr(torch, settings.dtype))
     inputs = random_inputs(model_config.vocab_size, settings, seed)
     if settings.runtime != TORCH:
-        from atb.deploy.latency import onnx_forward
-
-        encoder = onnx_forward(encoder, "encoder", inputs, settings)
+        encoder = onnx_forward(encoder, "encoder", inputs, settings.runtime, settings.threads)
     return time_forward(encoder, inputs, settings)
 
 

@@ -62,6 +62,11 @@ def build_masked_lm(super_model: SuperBert, arch: Arch) -> PreTrainedModel:
     return model.eval()
 
 
+def default_model_config(seq: int, vocab_size: int = 30522) -> SuperBertConfig:
+    """Vocabulary and positions of a standard BERT; only these (not the space) shape the exported model."""
+    return SuperBertConfig(space={}, vocab_size=vocab_size, max_position_embeddings=max(512, seq))
+
+
 def new_masked_lm(arch: Arch, cfg: SuperBertConfig) -> PreTrainedModel:
     """A freshly initialised exported-format model of `arch` (what latency is measured on)."""
     model_cls = BertForMaskedLM if is_stock_bert(arch, cfg) else tiny.TinyBertForMaskedLM

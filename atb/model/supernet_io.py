@@ -2,7 +2,7 @@
 
 Layout: `supernet.json` (SuperBert config + provenance such as the training step) and
 `model.safetensors`. Pre-training writes DeepSpeed checkpoints; `atb.train.consolidate` turns any of
-them into this folder, and `load_supernet` also accepts a DeepSpeed checkpoint directory directly.
+them into this folder (`load_supernet_or_checkpoint` there reads either).
 """
 
 from __future__ import annotations
@@ -59,16 +59,13 @@ def is_supernet_folder(path: Path) -> bool:
     return (path / SUPERNET_JSON).is_file()
 
 
-def load_supernet(path: str | Path, trust_checkpoint: bool = False) -> tuple[SuperBert, dict[str, Any]]:
-    """Load a SuperPLM folder, or consolidate a DeepSpeed checkpoint directory on the fly (refusing pickles
-    that could run code unless `trust_checkpoint`)."""
+def load_supernet(path: str | Path) -> tuple[SuperBert, dict[str, Any]]:
+    """(model, meta) of a SuperPLM folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
     if not is_supernet_folder(path):
-        from atb.train.consolidate import load_deepspeed_supernet  # heavy import, only when needed
-
-        return load_deepspeed_supernet(path, trust_checkpoint)
+        raise FileNotFoundError(f"{path} is not a SuperPLM folder (no {SUPERNET_JSON})")
     info = read_json(path / SUPERNET_JSON, "SuperPLM config")
     if not isinstance(info, dict) or "config" not in info:
         raise ValueError(f"{path / SUPERNET_JSON} has no 'config' entry; it is not a SuperPLM folder")

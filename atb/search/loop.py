@@ -20,6 +20,7 @@ from atb.search.outputs import write_outputs
 from atb.search.parallel import Comm, assign
 from atb.search.state import Journal, SearchState, load_state, read_journals, save_state
 from atb.space import Arch
+from atb.tracking import progress
 
 Fitness = Callable[[Arch], float]
 
@@ -95,8 +96,6 @@ def run_search_loop(spec: LoopSpec, proposer: Proposer, fitness: Fitness, comm: 
 
 def _evaluate_share(archs: list[Arch], fitness: Fitness, journal: Journal, generation: int, spec: LoopSpec,
                     label: str, show: bool) -> dict[str, Any]:
-    from atb.tracking import progress
-
     scores: dict[str, tuple[float, float]] = {}
     try:
         for arch in progress(archs, enabled=show and spec.progress, desc=label):

@@ -19,12 +19,24 @@ from typing import Any
 
 import torch
 
+from atb.data import load_tokenizer
+from atb.data.tokenizer import demo_tokenizer_path
+from atb.fsutil import read_json
+from atb.model.supernet_io import SUPERNET_JSON, is_supernet_folder, load_supernet, save_supernet
 from atb.search.config import SearchConfig
+from atb.search.dev_data import load_dev_batches, read_dev_batches
 from atb.search.evolution import Proposer
+from atb.search.finetune_fitness import QuickFinetuneFitness
+from atb.search.fitness import DevLossFitness, RepresentationFitness, load_kd_projection, save_kd_projection
 from atb.search.loop import LoopSpec, run_search_loop
 from atb.search.parallel import Comm, LocalComm, TorchComm
 from atb.search.targets import LatencyOracle, load_predictor, resolve_targets
 from atb.space import SearchSpace
+from atb.train.checkpointing import validate
+from atb.train.consolidate import load_deepspeed_supernet, resolve
+from atb.train.distributed import init_distributed
+from atb.train.objectives import Teacher, check_teacher_fits
+from atb.train.recorded_data import adopt_recorded_data
 
 CONSOLIDATED = "supernet"
 
@@ -32,8 +44,6 @@ CONSOLIDATED = "supernet"
 def start_ranks() -> tuple[Comm, torch.device]:
     """torch.distributed under a launcher; a plain process needs no process group at all."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ:
-        from atb.train.distributed import init_distributed
-
         env = init_distributed()
         return TorchComm(), env.device
     return LocalComm(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,18 +51,12 @@ def start_ranks() -> tuple[Comm, torch.device]:
 
 def checkpoint_step(path: Path) -> Any:
     """The step a DeepSpeed checkpoint directory (root or tag folder) holds, from its completion record."""
-    from atb.train.checkpointing import validate
-    from atb.train.consolidate import resolve
-
     root, tag = resolve(path)
     return validate(root / tag).get("step")
 
 
 def consolidated_from(folder: Path) -> tuple[Any, Any]:
     """(source checkpoint, step) an earlier run consolidated into `folder`; (None, None) if none did."""
-    from atb.fsutil import read_json
-    from atb.model.supernet_io import SUPERNET_JSON
-
     if not (folder / SUPERNET_JSON).is_file():
         return None, None
     meta = read_json(folder / SUPERNET_JSON, "SuperPLM config").get("meta", {})
@@ -62,8 +66,6 @@ def consolidated_from(folder: Path) -> tuple[Any, Any]:
 def load_weights(checkpoint: str, out_dir: Path, comm: Comm, trust_checkpoint: bool = False):
     """(model, meta, folder): every rank loads a SuperPLM folder; a DeepSpeed checkpoint is consolidated into
     one by rank 0 first (with the KD projection beside it, when the checkpoint trained one)."""
-    from atb.model.supernet_io import is_supernet_folder, load_supernet, save_supernet
-
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
@@ -75,11 +77,9 @@ def load_weights(checkpoint: str, out_dir: Path, comm: Comm, trust_checkpoint: b
         try:
             source = str(path.resolve())
             if consolidated_from(folder) != (source, checkpoint_step(path)):  # a resumed search skips this
-                model, meta = load_supernet(path, trust_checkpoint)
+                model, meta = load_deepspeed_supernet(path, trust_checkpoint)
                 save_supernet(model, folder, meta={**meta, "source_checkpoint": source}, overwrite=True)
                 if meta.get("objective") == "kd":
-                    from atb.search.fitness import save_kd_projection
-
                     save_kd_projection(path, folder, trust_checkpoint)
         except Exception as err:  # tell the waiting ranks
             error = err
@@ -97,8 +97,6 @@ SEARCH_DATA_FIELDS = {"corpus": ("corpus", "demo"), "dev_fraction": ("dev_fracti
 
 def adopt_search_data(cfg: SearchConfig, meta: dict[str, Any], announce: bool) -> None:
     """Score candidates on the SuperPLM's own dev split unless flags say otherwise."""
-    from atb.train.recorded_data import adopt_recorded_data
-
     adopt_recorded_data(cfg, meta, SEARCH_DATA_FIELDS, cfg.checkpoint, "search", announce,
                         need_corpus=cfg.fitness != "finetune" and not cfg.dev_data)
 
@@ -108,8 +106,6 @@ def tokenizer_path(cfg: SearchConfig, meta: dict[str, Any]) -> str:
     if not path:
         raise ValueError("the checkpoint does not name its tokenizer; pass --tokenizer")
     if path == "demo":
-        from atb.data.tokenizer import demo_tokenizer_path
-
         return demo_tokenizer_path()
     return str(path)
 
@@ -117,35 +113,25 @@ def tokenizer_path(cfg: SearchConfig, meta: dict[str, Any]) -> str:
 def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path, device: torch.device, out_dir: Path,
                   rank: int):
     if cfg.fitness == "finetune":
-        from atb.search.finetune_fitness import QuickFinetuneFitness
-
         work_dir = out_dir / "finetune_work" / f"rank{rank}"
         return QuickFinetuneFitness(weights, tokenizer_path(cfg, meta), cfg.task, work_dir, space=model.space,
                                     epochs=cfg.finetune_epochs, max_train_samples=cfg.finetune_train_samples,
                                     max_eval_samples=cfg.finetune_eval_samples, seed=cfg.seed,
                                     max_seq_len=cfg.seq_len or int(meta.get("seq_len", 128)),
                                     device_index=device.index if device.type == "cuda" else None)
-    from atb.search.dev_data import load_dev_batches, read_dev_batches
-    from atb.search.fitness import DevLossFitness, load_kd_projection
 
     if cfg.dev_data:
         batches = read_dev_batches(cfg.dev_data, cfg.dev_batches)
     else:
         seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
-        from atb.data import load_tokenizer
-
         batches = load_dev_batches(cfg.corpus, load_tokenizer(tokenizer_path(cfg, meta)), seq_len, cfg.dev_fraction,
                                    cfg.data_seed, cfg.batch_size, cfg.dev_batches,
                                    cache_dir=str(out_dir / "data_cache"))
     teacher = projection = None
     if cfg.fitness in ("kd", "cka"):
-        from atb.train.objectives import Teacher, check_teacher_fits
-
         teacher = Teacher.load(cfg.teacher, device, torch.float32)
         check_teacher_fits(teacher, model, compare_heads=cfg.fitness == "kd")
     if cfg.fitness == "cka":
-        from atb.search.fitness import RepresentationFitness
-
         return RepresentationFitness(model, batches, teacher, device)
     if cfg.fitness == "kd":
         projection = load_kd_projection(weights)
@@ -204,6 +190,4 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     state = run_search_loop(spec, proposer, fitness, comm)
     if state is None:
         return None
-    from atb.fsutil import read_json
-
     return read_json(out_dir / "results.json", "search results")

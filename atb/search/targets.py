@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from atb.deploy.runtime import check_same_runtime
 from atb.latency.features import arch_flops
+from atb.latency.predictor import LatencyPredictor
 from atb.latency.targets import Predictor, parse_target
 from atb.search.settings import Band
 from atb.space import Arch, SearchSpace
@@ -70,14 +72,10 @@ class FlopsProxy:
 
 def load_predictor(spec: str, seq_len: int, runtime: str = "") -> Predictor:
     """`flops` (the proxy above) or a saved atb latency predictor; with `runtime`, one measured on it."""
-    from atb.deploy.runtime import check_same_runtime
-
     if spec == "flops":
         if runtime:
             raise ValueError(f"--runtime {runtime} needs a latency predictor measured on it, not the FLOPs proxy")
         return FlopsProxy(seq_len)
-    from atb.latency.predictor import LatencyPredictor
-
     predictor = LatencyPredictor.load(spec)
     check_same_runtime(predictor.runtime, runtime, f"latency predictor {spec}")
     return predictor

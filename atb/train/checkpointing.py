@@ -18,14 +18,11 @@ from typing import Any
 
 from atb.fsutil import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from atb.train.distributed import DistEnv, barrier
+from atb.train.trusted_load import CheckpointError, check_pickles
 
 COMPLETE = "atb_complete.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^step(\d+)$")
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def tag_for(step: int) -> str:
@@ -119,8 +116,6 @@ def ensure_universal(ckpt_dir: Path, tag: str, env: DistEnv, trust_checkpoint: b
     """Convert `tag` to DeepSpeed's universal format once (rank 0), for loading at another world size."""
     universal = f"{tag}_universal"
     if env.is_main and not (ckpt_dir / universal / COMPLETE).is_file():
-        from atb.train.trusted_load import check_pickles
-
         check_pickles(ckpt_dir / tag, trust_checkpoint)  # the converter unpickles without restriction
         with atomic_dir(ckpt_dir / universal, overwrite=True) as tmp:
             cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",

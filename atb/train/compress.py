@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from atb.data import load_tokenizer
+from atb.data.loader import masked_batches
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
 from atb.model.head_basis import compute_head_bases
 from atb.model.importance import compute_importance
@@ -103,8 +105,6 @@ def resolve_space(cfg: PretrainConfig, source: Source | None) -> SearchSpace:
 def preflight(cfg: PretrainConfig, space: SearchSpace, source: Source) -> None:
     """The checks that must fail before anything is written: the tokenizer fits the source, and an existing
     importance file was computed for this source, space and estimator."""
-    from atb.data import load_tokenizer
-
     check_tokenizer(cfg, load_tokenizer(cfg.tokenizer), source)
     path = importance_path(cfg, Path(cfg.out_dir))
     if cfg.reorder == "importance" and path.is_file():
@@ -117,8 +117,6 @@ def importance_path(cfg: PretrainConfig, out: Path) -> Path:
 
 def check_tokenizer(cfg: PretrainConfig, tokenizer, folder: Source) -> None:
     """The run's tokenizer must be the one the source was trained with: same vocabulary, same ids."""
-    from atb.data import load_tokenizer
-
     source, vocab_size = folder.path, folder.dims.vocab_size
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens but the source {source} has a "
@@ -132,8 +130,6 @@ def check_tokenizer(cfg: PretrainConfig, tokenizer, folder: Source) -> None:
 def calibration_batches(blocks, tokenizer, samples: int, batch_size: int, seed: int,
                         env: DistEnv) -> list[dict[str, torch.Tensor]]:
     """The first `samples` training blocks (with fixed masks, for the Taylor loss): this rank's share."""
-    from atb.data.loader import masked_batches
-
     mine = list(range(env.rank, min(samples, len(blocks)), env.world_size))
     batches = masked_batches(blocks, tokenizer, mine, batch_size, seed, "calibration")
     return [{k: v.to(env.device) for k, v in b.items()} for b in batches]

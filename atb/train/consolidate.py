@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from atb.model.elastic import SuperBert, SuperBertConfig
-from atb.model.supernet_io import load_weights_into
+from atb.model.supernet_io import is_supernet_folder, load_supernet, load_weights_into
 from atb.train.checkpointing import COMPLETE, LATEST, CheckpointError, read_latest, validate
 from atb.train.trusted_load import trusted_checkpoint
 
@@ -27,6 +27,17 @@ def resolve(path: Path) -> tuple[Path, str]:
         return path.parent, path.name
     raise CheckpointError(f"{path} is neither a SuperPLM folder nor an atb DeepSpeed checkpoint "
                           f"(no supernet.json, '{LATEST}' or {COMPLETE})")
+
+
+def load_supernet_or_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> tuple[SuperBert, dict[str, Any]]:
+    """A SuperPLM folder, or a DeepSpeed checkpoint directory consolidated on the fly (refusing pickles that
+    could run code unless `trust_checkpoint`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
+    if is_supernet_folder(path):
+        return load_supernet(path)
+    return load_deepspeed_supernet(path, trust_checkpoint)
 
 
 def load_deepspeed_supernet(path: str | Path, trust_checkpoint: bool = False) -> tuple[SuperBert, dict[str, Any]]:

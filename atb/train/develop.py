@@ -17,17 +17,22 @@ import torch
 
 from atb.data import dev_batches
 from atb.deploy.runtime import check_runtime, check_same_runtime
+from atb.latency import LatencyPredictor
 from atb.model.extract import build_masked_lm, new_masked_lm
-from atb.model.supernet_io import load_supernet
+from atb.search import run_search
+from atb.search.config import SearchConfig
+from atb.search.fitness import load_kd_projection
+from atb.search.outputs import read_results
 from atb.space import Arch
 from atb.train.config import TrainConfig
-from atb.train.distributed import DistEnv, init_distributed
+from atb.train.consolidate import load_supernet_or_checkpoint
 from atb.train.develop_export import export_students
+from atb.train.distributed import DistEnv, barrier, init_distributed
 from atb.train.job import Job
 from atb.train.objectives import Teacher
-from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 from atb.train.reconstruction import HELD_OUT_EVERY, reconstruct_students, reconstruction_source
 from atb.train.recorded_data import adopt_recorded_data
+from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 from atb.train.students import Students
 
 
@@ -98,10 +103,6 @@ def picks_from_config(cfg: DevelopConfig, supernet) -> list[Pick]:
 
 def search_targets(cfg: DevelopConfig) -> Path:
     """The paper's AutoTinyBERT-Fast search for --targets, run by all ranks (results reused on resume)."""
-    from atb.search import run_search
-    from atb.search.config import SearchConfig
-    from atb.train.distributed import barrier
-
     out = Path(cfg.out_dir) / "search"
     run_search(SearchConfig(checkpoint=cfg.supernet, out_dir=str(out), targets=cfg.targets, predictor=cfg.predictor,
                             runtime=cfg.runtime,
@@ -112,8 +113,6 @@ def search_targets(cfg: DevelopConfig) -> Path:
 
 
 def picks_from_results(path: Path) -> list[Pick]:
-    from atb.search.outputs import read_results
-
     unique: dict[str, Pick] = {}
     for entry in read_results(path):
         # several targets may pick the same arch: train it once, under the first target's name
@@ -147,12 +146,10 @@ def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
 def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
     if cfg.predictor and cfg.runtime:  # before training, not after: the export measures on this runtime
-        from atb.latency import LatencyPredictor
-
         check_same_runtime(LatencyPredictor.load(cfg.predictor).runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
     env = init_distributed()
     out = Path(cfg.out_dir)
-    supernet, meta = load_supernet(cfg.supernet, cfg.trust_checkpoint)
+    supernet, meta = load_supernet_or_checkpoint(cfg.supernet, cfg.trust_checkpoint)
     adopt_recorded_data(cfg, meta, DEVELOP_DATA_FIELDS, cfg.supernet, "develop", env.is_main)
     picks = picks_from_config(cfg, supernet)
     if cfg.objective == "auto":  # the SuperPLM's own objective, and its teacher when it was distilled
@@ -195,8 +192,6 @@ def refit_to_source(cfg: DevelopConfig, meta: dict[str, Any], models: list[torch
 def inherited_projection(cfg: DevelopConfig, meta: dict[str, Any]) -> torch.nn.Module | None:
     """The KD projection trained with the SuperPLM, when the students distil from the SuperPLM's own teacher
     (another teacher's hidden states live in another basis) and it is not the from-scratch comparison."""
-    from atb.search.fitness import load_kd_projection
-
     if cfg.objective != "kd" or cfg.from_scratch or not meta.get("teacher") or not cfg.teacher:
         return None
     if Path(cfg.teacher).resolve() != Path(meta["teacher"]).resolve():

@@ -12,10 +12,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from atb.deploy.latency import measure_folder_latency
+from atb.deploy.onnx_export import export_folder
+from atb.deploy.runtime import ORT_INT8, TORCH
 from atb.fsutil import write_json_atomic, write_text_atomic
+from atb.latency import LatencyPredictor
+from atb.latency.features import arch_flops
+from atb.latency.measure import MeasureSettings
+from atb.latency.targets import parse_target
 from atb.model.elastic import SuperBertConfig
 from atb.model.extract import ARCH_JSON, count_params, new_masked_lm, write_export
-from atb.space import Arch
+from atb.space import Arch, SearchSpace
+from atb.train.checkpointing import LATEST
 
 PREFIX = "students."
 MISS_TOLERANCE = 0.10  # measured latency may exceed the target by this fraction before the model is flagged
@@ -24,8 +32,6 @@ MISS_TOLERANCE = 0.10  # measured latency may exceed the target by this fraction
 def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, models_dir: Path,
                     dev: dict[str, float]) -> list[dict[str, Any]]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from atb.train.checkpointing import LATEST
 
     tag = (ckpt_dir / LATEST).read_text().strip()
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
@@ -69,8 +75,6 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
 def _load_predictor(path: str):
     if not path:
         return None
-    from atb.latency import LatencyPredictor
-
     return LatencyPredictor.load(path)
 
 
@@ -78,13 +82,6 @@ def latency_check(folder: Path, target: str | None, predicted_ms: float | None, 
                   space: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measured latency of an exported folder on the predictor's runtime (else `runtime`, else torch), and
     whether it misses its target by more than MISS_TOLERANCE."""
-    from atb.deploy.latency import measure_folder_latency
-    from atb.deploy.onnx_export import export_folder
-    from atb.deploy.runtime import ORT_INT8, TORCH
-    from atb.latency.measure import MeasureSettings
-    from atb.latency.targets import parse_target
-    from atb.space import SearchSpace
-
     settings = MeasureSettings(**predictor.settings) if predictor is not None else MeasureSettings()
     runtime = predictor.runtime if predictor is not None else (runtime or TORCH)
     if runtime != TORCH:
@@ -102,15 +99,11 @@ def latency_check(folder: Path, target: str | None, predicted_ms: float | None, 
 
 
 def _flops(arch: Arch, seq: int) -> int:
-    from atb.latency.features import arch_flops
-
     return int(arch_flops(arch, batch=1, seq=seq))
 
 
 def _add_speedups(rows: list[dict[str, Any]], sb_cfg: SuperBertConfig, predictor) -> None:
     """Speedup over the space's largest arch, by the same yardstick as each row's latency."""
-    from atb.space import SearchSpace
-
     largest = SearchSpace.from_spec(sb_cfg.space).largest()
     ref = float(predictor.predict([largest])[0]) if predictor is not None else None
     for row in rows:

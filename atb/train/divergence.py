@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from atb.train.checkpointing import CheckpointError, latest_tag
+
 
 class Diverged(ValueError):
     pass
@@ -55,8 +57,6 @@ def apply_configured_lr(engine) -> None:
 
 
 def last_good(ckpt_dir: Path) -> str:
-    from atb.train.checkpointing import CheckpointError, latest_tag
-
     try:
         tag = latest_tag(ckpt_dir)
     except CheckpointError:

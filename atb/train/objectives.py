@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atb.model.bert_source import build_model, read_config
 from atb.model.elastic import SuperBert
 
 
@@ -58,8 +59,6 @@ class Teacher:
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "Teacher":
-        from atb.model.bert_source import build_model, read_config
-
         try:
             model = build_model(path, read_config(path))
         except OSError as err:

@@ -16,9 +16,13 @@ from atb.data import dev_batches
 from atb.fsutil import write_text_atomic
 from atb.model.bert_source import declared_pooling, read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
+from atb.model.pretrained_init import init_from_pretrained
+from atb.model.supernet_io import is_supernet_folder, load_supernet, save_supernet, untied_state_dict
+from atb.search.fitness import save_kd_projection
 from atb.space import Arch, SearchSpace
 from atb.train import compress
 from atb.train.config import PretrainConfig
+from atb.train.consolidate import load_deepspeed_supernet
 from atb.train.distributed import DistEnv, init_distributed
 from atb.train.job import Job
 from atb.train.module import SuperPLMTrainModule
@@ -39,12 +43,8 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
                              attention_scale_dim=scale_dim, classifier_pooling=pooling)
     model = SuperBert(sb_cfg)
     if source is not None:
-        from atb.model.pretrained_init import init_from_pretrained
-
         init_from_pretrained(model, source)
     elif cfg.init_from:
-        from atb.model.supernet_io import is_supernet_folder, load_supernet, untied_state_dict
-
         if is_supernet_folder(Path(cfg.init_from)):  # continue from a SuperPLM (same space and vocab)
             source, _ = load_supernet(cfg.init_from)
             if source.config.space != sb_cfg.space or source.config.vocab_size != vocab_size:
@@ -53,8 +53,6 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
             model.config.classifier_pooling = source.config.classifier_pooling
             model.load_state_dict(untied_state_dict(source), strict=False)
         else:
-            from atb.model.pretrained_init import init_from_pretrained
-
             init_from_pretrained(model, cfg.init_from)
     return model
 
@@ -147,14 +145,9 @@ def evaluate_dev(engine, dev, archs: list[Arch], teacher, env: DistEnv) -> dict[
 def export_supernet(ckpt_dir: Path, folder: Path, env: DistEnv) -> None:
     """The final weights as a SuperPLM folder (fp32, any ZeRO stage) for search, extract and develop."""
     if env.is_main:
-        from atb.model.supernet_io import save_supernet
-        from atb.train.consolidate import load_deepspeed_supernet
-
         model, meta = load_deepspeed_supernet(ckpt_dir)
         if folder.exists():
             warnings.warn(f"replacing the previous export {folder} with the newer step {meta['step']}")
         save_supernet(model, folder, meta=meta, overwrite=True)
         if meta.get("objective") == "kd":  # search and develop score sub-networks through the trained projection
-            from atb.search.fitness import save_kd_projection
-
             save_kd_projection(ckpt_dir, folder)

@@ -27,6 +27,7 @@ from atb.train.distributed import DistEnv, barrier
 from atb.train.job import Job
 from atb.train.loop import LoopSpec, run_loop, truncate_metrics
 from atb.train.objectives import Teacher
+from atb.train.trusted_load import trusted_checkpoint
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -105,8 +106,6 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
     engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
     start_step = 0
     if tag is not None:
-        from atb.train.trusted_load import trusted_checkpoint
-
         with trusted_checkpoint(ckpt_dir / tag, cfg.trust_checkpoint):
             _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if client is None:

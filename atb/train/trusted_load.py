@@ -19,7 +19,10 @@ from typing import Iterator
 
 import torch
 
-from atb.train.checkpointing import CheckpointError
+
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged, incomplete, or would run code when loaded."""
+
 
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 TRUST_HINT = "pass --trust_checkpoint true only if you trust whoever wrote it"
