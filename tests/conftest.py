@@ -18,6 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
+pytest_plugins = ["finetune_setup"]  # the fine-tuning tests' tokenizer and exports
+
 
 def make_supernet(space: str = "tiny", vocab: int = 100, positions: int = 32, seed: int = 0,
                   attention_scale_dim: int | None = None):

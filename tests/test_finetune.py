@@ -1,5 +1,6 @@
-"""Fine-tuning of exported folders end to end: GLUE-style single-sentence / pair classification and
-regression, SQuAD v1.1 QA, the DeepSpeed path, answer spans on real tokenizer offsets, and bad run inputs.
+"""Fine-tuning of exported folders end to end: single-sentence classification, the pooling a folder
+declares, another model family, the DeepSpeed path, reruns, frozen embeddings and bad run inputs (the task
+formats are in test_finetune_formats.py).
 
 The tasks come from `synthetic_tasks` (official formats, labels a simple function of the text).
 """
@@ -8,64 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import subprocess
-import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pytest
 from bert_sources import declare_mean_pooling
 from conftest import PYTHON, REPO, make_supernet
-from synthetic_tasks import (BAD, COUNTRIES, FILLER, GOOD, NAMES, task_cfg, write_mrpc_task,
-                             write_regression_task, write_squad_task, write_sst2_task)
+from finetune_setup import VOCAB, fast_cfg
+from synthetic_tasks import task_cfg, write_squad_task, write_sst2_task
 
-from atb.finetune import FinetuneConfig, finetune, metrics, qa
+from atb.finetune import FinetuneConfig, finetune, metrics
 from atb.finetune.tasks import load_task
-
-VOCAB = 256  # the hand-written WordPiece vocabulary below fits in it
-
-
-# --- fixtures: a tokenizer and two exports (vanilla BERT and TinyBert with qkv != hidden) --------------
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    """A WordPiece vocabulary written by hand (the `tokenizers` trainer breaks ties differently from one
-    process to the next, which would make the tiny runs below irreproducible)."""
-    from transformers import BertTokenizerFast
-
-    words = GOOD + BAD + FILLER + NAMES + COUNTRIES + ["what", "is", "capital", "of", "we", "flew", "to", "same",
-                                                       "different"]
-    plain = sorted({unicodedata.normalize("NFD", w.lower()).encode("ascii", "ignore").decode() for w in words})
-    letters = string.ascii_lowercase + string.digits
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(letters + string.punctuation),
-             *("##" + c for c in letters), *plain]
-    assert len(vocab) <= VOCAB
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
-    assert tokenizer.tokenize("Zürich, 'the' film") == ["zurich", ",", "'", "the", "'", "film"]
-    tokenizer.save_pretrained(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def exports(tokenizer_dir, tmp_path_factory):
-    from atb.model.extract import extract
-    from atb.space import Arch
-
-    supernet = make_supernet("tiny", vocab=VOCAB, positions=128)
-    root = tmp_path_factory.mktemp("exports")
-    return {
-        "bert": extract(supernet, Arch(2, 32, 4, 32, 64), root / "bert", tokenizer=tokenizer_dir),
-        "tinybert": extract(supernet, Arch(2, 48, 2, 16, 96), root / "tinybert", tokenizer=tokenizer_dir),
-    }
-
-
-def fast_cfg(model, task, out_dir, **overrides) -> FinetuneConfig:
-    values = {"model": str(model), "task": str(task), "out_dir": str(out_dir), "max_seq_len": 32, "epochs": 4,
-              "lr": 3e-3, "batch_size": 8, "warmup_ratio": 0.0, "logging_steps": 1000, "seed": 0}
-    values.update(overrides)
-    return FinetuneConfig(**values)
 
 
 # --- end to end -----------------------------------------------------------------------------------------
@@ -158,18 +112,6 @@ def test_another_model_family_fine_tunes_with_its_own_pooling_and_refuses_the_me
     assert not (tmp_path / "out").exists()
 
 
-def test_sentence_pair_task_with_mrpc_columns(exports, tmp_path):
-    """MRPC's header and column names; the label is only in sentence 2, so the pair must reach the model."""
-    task = write_mrpc_task(tmp_path / "mrpc")
-    record = finetune(fast_cfg(exports["bert"], task, tmp_path / "out", text_columns=["#1 String", "#2 String"],
-                               label_column="Quality"))
-    assert record["text_columns"] == ["#1 String", "#2 String"] and record["label_column"] == "Quality"
-    assert record["dev"]["accuracy"] >= 0.9
-    assert record["dev"]["accuracy"] > record["majority_baseline"]["dev"]["accuracy"] + 0.3
-    assert record["format"] == "bert"
-    assert load_task(task_cfg(task)).text_columns == ["#1 String", "#2 String"]  # also found without flags
-
-
 def test_cli_errors_are_one_line_and_list_flags_parse(exports, tmp_path):
     from atb.cli import build_config
 
@@ -183,48 +125,6 @@ def test_cli_errors_are_one_line_and_list_flags_parse(exports, tmp_path):
     assert cfg.text_columns == ["#1 String", "#2 String"]
     cfg = build_config(FinetuneConfig, {**flags, "text_columns": ("sentence1", "sentence2")})  # as fire gives
     assert cfg.text_columns == ["sentence1", "sentence2"]
-
-
-def test_pair_encoding_uses_token_types(tokenizer_dir):
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    from atb.finetune import classification
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    ds = Dataset.from_dict({"text_a": ["the film"], "text_b": ["a plot"], "label": [1]})
-    enc = classification.encode(ds, tokenizer, 32)[0]
-    assert enc["label"] == 1 and set(enc["token_type_ids"]) == {0, 1}
-    assert enc["input_ids"] == tokenizer("the film", "a plot")["input_ids"]
-
-
-def test_regression_from_jsonl_reports_correlations(exports, tmp_path):
-    task = write_regression_task(tmp_path / "stsb")
-    record = finetune(fast_cfg(exports["bert"], task, tmp_path / "out"))
-    assert record["task_type"] == "regression" and "majority_baseline" not in record
-    assert record["text_columns"] == ["sentence1", "sentence2"] and record["label_column"] == "score"
-    assert record["dev"]["pearson"] > 0.7 and record["dev"]["spearman"] > 0.7
-    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
-    assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
-
-
-def test_squad_qa_finds_answers_across_windows_in_the_original_text(exports, tmp_path):
-    task = write_squad_task(tmp_path / "squad", n_train=200, n_dev=30)
-    out = tmp_path / "out"
-    record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=3, doc_stride=8))
-    assert record["task_type"] == "qa"
-    assert record["sizes"]["train_features"] > record["sizes"]["train"]  # contexts span several windows
-    predictions = json.loads((out / "predictions_dev.json").read_text())
-    dev = json.loads((task / "dev-v1.1.json").read_text())["data"][0]["paragraphs"]
-    gold = {p["qas"][0]["id"]: (p["context"], p["qas"][0]["answers"]) for p in dev}
-    assert set(predictions) == set(gold)
-    for qid, answer in predictions.items():
-        assert answer in gold[qid][0]  # cut from the original context, accents and case intact
-    exact_raw = np.mean([predictions[q] == gold[q][1][0]["text"] for q in gold])
-    assert exact_raw >= 0.7  # the model learned the task and the span mapping is exact (e.g. 'Zürich')
-    expected = metrics.squad_metrics(predictions, {q: [a["text"] for a in g[1]] for q, g in gold.items()})
-    assert record["dev"] == pytest.approx(expected)
-    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_deepspeed_config_path_trains_and_saves_a_loadable_model(exports, tmp_path):
@@ -245,20 +145,6 @@ def test_deepspeed_config_path_trains_and_saves_a_loadable_model(exports, tmp_pa
     assert record["dev"]["accuracy"] >= 0.9
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"), trust_remote_code=True)
     assert model.classifier.weight.shape == (2, 32)
-
-
-def test_answer_character_span_to_token_labels(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    context = "we flew to Paris . the capital of alpha is Zürich ."
-    enc = tokenizer("what is the capital of alpha ?", context, return_offsets_mapping=True)
-    start_char = context.index("Zürich")
-    s, e = qa.token_span(enc["offset_mapping"], enc.sequence_ids(0), start_char, start_char + len("Zürich"))
-    assert s > 0 and context[enc["offset_mapping"][s][0]:enc["offset_mapping"][e][1]] == "Zürich"
-    assert enc.sequence_ids(0)[s] == 1
-    outside = qa.token_span(enc["offset_mapping"], enc.sequence_ids(0), len(context) + 5, len(context) + 9)
-    assert outside == (0, 0)
 
 
 def test_bad_run_inputs_fail_before_any_work(exports, tmp_path):
