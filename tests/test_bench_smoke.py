@@ -18,7 +18,8 @@ BENCH_LINE = re.compile(r"BENCH (?P<name>[a-z_]+) ratio=(?P<ratio>\S+)")
 
 @pytest.mark.parametrize("name, extra", [("superplm_overhead", []), ("superplm_overhead", ["--deepspeed"]),
                                          ("subnet_scaling", []), ("export_latency", []),
-                                         pytest.param("ort_speedup", [], marks=pytest.mark.slow)])
+                                         pytest.param("ort_speedup", [], marks=pytest.mark.slow),
+                                         pytest.param("finetune_grouping", [], marks=pytest.mark.slow)])
 def test_bench_runs_and_prints_its_ratio_last(name, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled"}

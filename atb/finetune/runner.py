@@ -81,6 +81,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     args = TrainingArguments(
         output_dir=str(staging / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
@@ -92,6 +93,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     started = time.perf_counter()
     train_output = trainer.train()
     train_time = time.perf_counter() - started
+    # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
+    # the scoring below reads them in the dataset's order
+    trainer.args.train_sampling_strategy = "random"
 
     started = time.perf_counter()
     results, qa_predictions = {}, {}
