@@ -1,5 +1,5 @@
-"""Fine-tuning with batches grouped by length (tools/finetune.py's default) vs randomly drawn batches:
-training time and dev accuracy of the same model, task, rows and recipe (target: time ratio <= 0.8).
+"""Fine-tuning with batches grouped by length (`tools/finetune.py --group_by_length true`) vs randomly drawn
+batches (the default): training time and dev accuracy of the same model, task, rows and recipe.
 
     .venv/bin/python bench/finetune_grouping.py                      # the demo's source, its recipe
     .venv/bin/python bench/finetune_grouping.py --model runs/demo/develop/models/<arch> --repeats 3
@@ -7,7 +7,8 @@ training time and dev accuracy of the same model, task, rows and recipe (target:
 Each repeat fine-tunes twice, grouped and random one after the other (the order alternating between
 repeats), on one thread; a run's time is the Trainer's training time (`metrics.json` train.time_s), so
 model loading, tokenisation and evaluation stay out of it. Short texts of uneven length pad every random
-batch to its longest row; grouping pads far less, and the examples of each epoch are the same.
+batch to its longest row; grouping pads far less, and the examples of each epoch are the same. Read the
+accuracies too: where length predicts the label, grouped batches are also batches of one label.
 
 The last line is `BENCH finetune_grouping ratio=<median grouped time / median random time>`.
 """

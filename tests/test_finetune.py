@@ -24,8 +24,10 @@ from atb.finetune.tasks import load_task
 
 # --- end to end -----------------------------------------------------------------------------------------
 
-def test_single_sentence_classification_beats_majority_and_saves_the_evaluated_model(exports, tmp_path):
-    """SST-2-style TSV with bare quotes; the saved model must reproduce the reported dev accuracy."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_single_sentence_classification_beats_majority_and_saves_the_evaluated_model(exports, tmp_path, grouped):
+    """SST-2-style TSV with bare quotes; the saved model must reproduce the reported dev accuracy (also when
+    training batches are grouped by length, which transformers would apply to evaluation order too)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -35,7 +37,7 @@ def test_single_sentence_classification_beats_majority_and_saves_the_evaluated_m
     task = write_sst2_task(tmp_path / "sst2")
     out = tmp_path / "out"
     with CaptureLogger(hf_logging.get_logger("transformers.configuration_utils")) as log:
-        record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=8))
+        record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=8, group_by_length=grouped))
     assert "instantiate a model of type" not in log.out  # the export's config loads as its own class
 
     saved = json.loads((out / "metrics.json").read_text())

@@ -55,7 +55,7 @@ def test_regression_from_jsonl_reports_correlations(exports, tmp_path):
 def test_squad_qa_finds_answers_across_windows_in_the_original_text(exports, tmp_path):
     task = write_squad_task(tmp_path / "squad", n_train=200, n_dev=30)
     out = tmp_path / "out"
-    record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=3, doc_stride=8))
+    record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=3, doc_stride=8, group_by_length=True))
     assert record["task_type"] == "qa"
     assert record["sizes"]["train_features"] > record["sizes"]["train"]  # contexts span several windows
     predictions = json.loads((out / "predictions_dev.json").read_text())

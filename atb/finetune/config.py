@@ -35,7 +35,7 @@ class FinetuneConfig:
     epochs: float = 3.0  # passes over the training split
     lr: float = 5e-5  # peak learning rate (linear warmup and decay)
     batch_size: int = 32  # training batch per device
-    group_by_length: bool = True  # batch training examples of similar length (less padding; the same examples each epoch)
+    group_by_length: bool = False  # batch training examples of similar length: less padding, but batches skew when length predicts the label
     eval_batch_size: int = 64  # evaluation batch per device
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
