@@ -21,13 +21,8 @@ import tempfile
 from pathlib import Path
 
 from _common import bench_line, machine_line, set_threads
+from atb.demo.pipeline import source_path
 from atb.finetune import FinetuneConfig, finetune
-
-
-def default_model() -> str:
-    from atb.demo.pipeline import source_path
-
-    return str(source_path("minilm"))
 
 
 def main() -> None:
@@ -44,7 +39,7 @@ def main() -> None:
     if args.quick:
         args.rows, args.repeats, args.epochs = 64, 1, 1.0
     set_threads(args.threads)
-    model = args.model or default_model()
+    model = args.model or str(source_path("minilm"))
     times: dict[bool, list[float]] = {True: [], False: []}
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="atb-bench-") as tmp:

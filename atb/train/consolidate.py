@@ -33,11 +33,9 @@ def load_supernet_or_checkpoint(path: str | Path, trust_checkpoint: bool = False
     """A SuperPLM folder, or a DeepSpeed checkpoint directory consolidated on the fly (refusing pickles that
     could run code unless `trust_checkpoint`)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
-    if is_supernet_folder(path):
-        return load_supernet(path)
-    return load_deepspeed_supernet(path, trust_checkpoint)
+    if path.exists() and not is_supernet_folder(path):
+        return load_deepspeed_supernet(path, trust_checkpoint)
+    return load_supernet(path)  # which also names a missing path
 
 
 def load_deepspeed_supernet(path: str | Path, trust_checkpoint: bool = False) -> tuple[SuperBert, dict[str, Any]]:
