@@ -136,6 +136,11 @@ def test_every_pick_satisfies_its_band_the_space_and_the_method_rule(tmp_path, m
         assert t["best"]["score"] == pytest.approx(analytic_loss(best))
         in_band = [a for a, r in state.evaluated.items() if target.contains(r.latency) and proposer.is_candidate(a)]
         assert t["best"]["score"] == min(analytic_loss(a) for a in in_band)  # the best of what was evaluated
+        depths = sorted({a.layers for a in in_band})
+        assert [row["arch"]["layers"] for row in t["best_per_depth"]] == depths
+        for row in t["best_per_depth"]:
+            assert row["score"] == min(analytic_loss(a) for a in in_band if a.layers == row["arch"]["layers"])
+        assert t["best"] in t["best_per_depth"]
         if method == "fast":
             assert is_fast_arch(best)
     lines = (tmp_path / "candidates.jsonl").read_text().splitlines()

@@ -35,6 +35,16 @@ def pareto_front(records: list[Record], higher_is_better: bool) -> list[Record]:
     return front
 
 
+def best_per_depth(ranked: list[Record]) -> list[Record]:
+    """The best of `ranked` (best first) for each layer count, shallowest first. The fitnesses rank shapes of
+    equal latency mostly by depth, which fine-tuned accuracy does not follow, so these are the candidates
+    worth developing and comparing on a task."""
+    firsts: dict[int, Record] = {}
+    for record in ranked:
+        firsts.setdefault(record.arch.layers, record)
+    return [firsts[layers] for layers in sorted(firsts)]
+
+
 def target_results(state: SearchState, proposer: Proposer) -> list[dict[str, Any]]:
     out = []
     for target in proposer.targets:
@@ -46,7 +56,8 @@ def target_results(state: SearchState, proposer: Proposer) -> list[dict[str, Any
                 raise AssertionError(f"best arch {best.arch.name} of target {target.label} is outside its band")
         out.append({**target.to_dict(), "best": record_json(best) if best else None,
                     "in_band_evaluated": len(ranked), "proposed": len(state.proposed.get(target.label, [])),
-                    "top": [record_json(r) for r in ranked[:TOP_PER_TARGET]]})
+                    "top": [record_json(r) for r in ranked[:TOP_PER_TARGET]],
+                    "best_per_depth": [record_json(r) for r in best_per_depth(ranked)]})
     return out
 
 
