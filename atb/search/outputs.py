@@ -1,5 +1,6 @@
 """What a search leaves for people and for the next tools: results.json (per target: the best arch, the top
-five and the best of each depth; a sanity check of the supernet), candidates.jsonl (every evaluated arch) and pareto.png.
+five and the best of each depth; a sanity check of the supernet), candidates.jsonl (every evaluated arch)
+and pareto.png.
 
 All three are rewritten atomically from the committed state, so they always describe one consistent
 generation, also while the search is still running or after it was killed.
