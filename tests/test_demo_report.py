@@ -97,7 +97,7 @@ def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
     for name, acc in scores.items():
         _write(tmp_path / "finetune" / "movie_sentiment" / name / "metrics.json",
                {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}, "params": 22e6,
-                "sizes": {"train": 8000, "train_used": 2000}})
+                "sizes": {"train": 8000, "train_used": 2000, "dev": 900, "dev_used": 900}})
     _write(tmp_path / "deploy" / "latency.json", {"settings": {"threads": 1, "batch": 1, "seq": 128},
                                                    "ms": {"L2_H96_A12_Q96_F384": 5.0, "source": 20.0}})
     text = write_report(tmp_path, ["movie_sentiment"], {}, 0).read_text()
@@ -108,6 +108,7 @@ def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
     assert "fine-tuned the same way" in rows["source"] and "| 0.900 (0.500) | 100.0% |" in rows["source"]
     assert "TF-IDF" in rows["tfidf"] and "0.750 (0.500)" in rows["tfidf"]
     assert "2000 of 8000 training rows" in text
+    assert "Scored on all 900 dev rows" in text and "one standard error is 1.0 points" in text  # sqrt(.9 * .1 / 900)
 
 
 def test_workers_sharing_a_run_list_take_each_run_once(tmp_path):

@@ -38,7 +38,7 @@ class Sizes:
     develop_steps: int
     finetune_epochs: float
     finetune_train: int
-    finetune_eval: int
+    finetune_eval: int | None  # dev rows that score each model; None: the whole dev split
     # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine)
     latency_flags: tuple = ()
     fit_flags: tuple = ()
@@ -57,7 +57,7 @@ SIZES = {
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
-                  finetune_train=1000, finetune_eval=500),
+                  finetune_train=1000, finetune_eval=None),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=12,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,

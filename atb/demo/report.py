@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,18 @@ def _deploy_note(deployed: dict) -> list[str]:
                 "the other (deploy/latency.json); its speed-up is over the source on the same runtime."]
 
 
+def _dev_note(source_metrics: dict) -> str:
+    """How many dev rows score each model, and what that alone leaves of a one-seed accuracy's precision."""
+    sizes, acc = source_metrics.get("sizes", {}), accuracy(source_metrics)[0]
+    used = sizes.get("dev_used")
+    if not used or acc is None:
+        return ""
+    error = math.sqrt(acc * (1 - acc) / used)
+    rows = f"all {used}" if used >= sizes.get("dev", 0) else f"{used} of {sizes['dev']}"
+    return (f" Scored on {rows} dev rows, one fine-tuning seed per row: at the source's accuracy one standard "
+            f"error is {100 * error:.1f} points from the dev rows alone, and a seed moves a row about as much.")
+
+
 def _rows_used(out: Path, tasks: list[str]) -> list[str]:
     """Which training rows the table's fine-tuning used: the whole split, or a fixed subset for time."""
     lines = []
@@ -159,9 +172,10 @@ def _rows_used(out: Path, tasks: list[str]) -> list[str]:
         sizes = metrics.get("sizes", {})
         if sizes.get("train_used") is not None and sizes["train_used"] < sizes.get("train", 0):
             lines.append(f"- `{task}`: {sizes['train_used']} of {sizes['train']} training rows (the demo's time "
-                         "budget), the same rows for every row of the table, references included.")
+                         "budget), the same rows for every row of the table, references included." + _dev_note(metrics))
         elif sizes:
-            lines.append(f"- `{task}`: the whole training split ({sizes.get('train')} rows) for every row.")
+            lines.append(f"- `{task}`: the whole training split ({sizes.get('train')} rows) for every row."
+                         + _dev_note(metrics))
     pooling = (_read(finetune_dir(out, tasks[0], "source") / "metrics.json") or {}).get("pooling") if tasks else None
     if pooling == "mean":
         lines.append("- Every classifier reads the mean over the tokens, as the source was trained to (a "
