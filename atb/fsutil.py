@@ -63,6 +63,35 @@ def publish_dir(staging: Path, final: Path) -> None:
         os.replace(staging, final)
 
 
+STAGING_MARK = ".atb_staging"  # marks a staging folder as atb's, so a re-run may replace or resume it
+
+
+def staging_path(final: Path) -> Path:
+    """Where `final` is built before it is renamed into place: a fixed name beside it, so that every rank of a
+    distributed run and a re-run after a crash find the same folder."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def open_staging(final: Path, resume: bool = False) -> Path:
+    """The marked staging folder of `final`. One a crashed run left is emptied, or with `resume` kept for the
+    parts it finished; a folder of that name atb did not make is refused."""
+    staging = staging_path(final)
+    if staging.exists():
+        if not (staging / STAGING_MARK).is_file():
+            raise FileExistsError(f"{staging} exists but is not a staging folder atb made (no {STAGING_MARK}); "
+                                  f"move it away: {final} is written there first")
+        if not resume:
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / STAGING_MARK).touch()
+    return staging
+
+
+def publish_staging(staging: Path, final: Path) -> None:
+    (staging / STAGING_MARK).unlink()
+    publish_dir(staging, final)
+
+
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -226,3 +226,47 @@ def test_frozen_word_embeddings_stay_as_exported_and_the_rest_trains(exports, tm
     assert torch.equal(after[key], before[key])
     query = next(k for k in after if k.endswith("layer.0.attention.self.query.weight"))
     assert not torch.equal(after[query], before[query])
+
+
+def test_several_seeds_give_each_run_their_mean_and_spread_and_a_rerun_keeps_finished_seeds(exports, tmp_path,
+                                                                                           monkeypatch):
+    """--seeds: each seed's run is the plain run with that seed; the summary is their mean and sample std; an
+    interrupted run leaves nothing at --out_dir, and its re-run trains only the seeds it had not finished."""
+    import numpy as np
+
+    from atb.finetune import runner
+
+    task = write_sst2_task(tmp_path / "sst2", n_train=24, n_dev=12)
+    out = tmp_path / "seeds"
+    trained, real_run = [], runner.finetune
+
+    def failing_after_first(cfg):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(cfg.seed)
+        return real_run(cfg)
+
+    monkeypatch.setattr(runner, "finetune", failing_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(fast_cfg(exports["bert"], task, out, epochs=2, seeds=[3, 4]))
+    assert not out.exists() and trained == [3]
+
+    def counting(cfg):
+        trained.append(cfg.seed)
+        return real_run(cfg)
+
+    monkeypatch.setattr(runner, "finetune", counting)
+    summary = finetune(fast_cfg(exports["bert"], task, out, epochs=2, seeds=[3, 4]))
+    assert trained == [3, 4]  # seed 3 was kept from the interrupted run
+    single = finetune(fast_cfg(exports["bert"], task, tmp_path / "single", epochs=2, seed=4))
+    runs = {r["seed"]: r for r in summary["runs"]}
+    assert runs[4]["dev"] == pytest.approx(single["dev"])
+    accuracies = [runs[s]["dev"]["accuracy"] for s in (3, 4)]
+    assert summary["dev"]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert summary["dev_std"]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert json.loads((out / "metrics.json").read_text())["dev"] == summary["dev"]
+    seed_record = json.loads((out / "seed_3" / "metrics.json").read_text())
+    assert seed_record["config"]["out_dir"] == str(out / "seed_3") and (out / "seed_3" / "model").is_dir()
+    assert not list(tmp_path.glob(".*partial"))
+    with pytest.raises(ValueError, match="distinct seeds"):
+        finetune(fast_cfg(exports["bert"], task, tmp_path / "dup", seeds=[1, 1]))

@@ -19,6 +19,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
               "(pass --overwrite true to redo it)")
         return finished
     check_inputs(cfg)
+    if cfg.seeds:
+        from atb.finetune.seeds import finetune_seeds
+
+        return finetune_seeds(cfg, finetune)
     from atb.finetune.runner import (
         finetune as run,  # transformers is imported only when a run starts
     )

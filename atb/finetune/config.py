@@ -40,6 +40,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # share of all steps spent in linear LR warmup
     seed: int = 42  # initialisation of the task head, data order and dropout
+    seeds: list[int] | None = None  # one run per seed (<out_dir>/seed_<n>), scored by their mean and spread
     pooling: str = "auto"  # what the classifier reads: cls, mean over tokens (bert and atb exports), or auto (the folder's own: mean for sentence-transformers mean-pooling BERTs)
     freeze_embeddings: bool = False  # keep the word embeddings as pre-trained (small training sets; much cheaper for tiny models)
     max_train_samples: int | None = None  # a seeded random subset of train, for speed
@@ -74,6 +75,8 @@ class FinetuneConfig:
             raise ValueError(f"--doc_stride must be >= 0, got {self.doc_stride}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) < len(self.seeds)):
+            raise ValueError(f"--seeds takes distinct seeds, e.g. 0,1,2; got {self.seeds}")
         if self.text_columns is not None and not self.text_columns:
             raise ValueError("--text_columns is empty; give one or two column names")
         if self.text_columns is not None and len(self.text_columns) > 2:

@@ -35,14 +35,13 @@ from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
-from atb.fsutil import publish_dir, write_json_atomic
+from atb.fsutil import open_staging, publish_staging, staging_path, write_json_atomic
 from atb.model import tiny
 from atb.model.bert_source import declared_pooling
 from atb.model.extract import ARCH_JSON, MODELING_FILE, MODELING_MODULE, count_params, tinybert_config
 from atb.train import ds_config as ds
 from atb.train.distributed import init_distributed
 
-STAGING_MARK = ".atb_staging"  # marks the staging folder as atb's, so a re-run may replace it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -56,9 +55,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     task = load_task(cfg)
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    if os.environ.get("RANK", "0") == "0":
-        _fresh_staging(staging, out_dir)
+    staging = open_staging(out_dir) if os.environ.get("RANK", "0") == "0" else staging_path(out_dir)
     deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
     tokenizer = _load_tokenizer(cfg, model_dir, trust_code)
@@ -139,8 +136,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         trainer_dir = staging / "trainer"
         if trainer_dir.is_dir() and not any(trainer_dir.iterdir()):
             trainer_dir.rmdir()
-        (staging / STAGING_MARK).unlink()
-        publish_dir(staging, out_dir)
+        publish_staging(staging, out_dir)
     trainer.accelerator.wait_for_everyone()
     return record
 
@@ -149,23 +145,10 @@ def _publish_baseline(cfg: FinetuneConfig) -> dict[str, Any]:
     """The TF-IDF baseline's metrics.json, published like a fine-tuning run's."""
     record = bow_baseline(cfg)
     out_dir = Path(cfg.out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    _fresh_staging(staging, out_dir)
+    staging = open_staging(out_dir)
     write_json_atomic(staging / "metrics.json", record)
-    (staging / STAGING_MARK).unlink()
-    publish_dir(staging, out_dir)
+    publish_staging(staging, out_dir)
     return record
-
-
-def _fresh_staging(staging: Path, out_dir: Path) -> None:
-    """An empty staging folder; one a crashed run left is replaced, a folder atb did not make is refused."""
-    if staging.exists():
-        if not (staging / STAGING_MARK).is_file():
-            raise FileExistsError(f"{staging} exists but is not a staging folder atb made (no {STAGING_MARK}); "
-                                  f"move it away: fine-tuning writes {out_dir} there first")
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    (staging / STAGING_MARK).touch()
 
 
 def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path, trust_model_code: bool):
