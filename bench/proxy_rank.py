@@ -83,13 +83,11 @@ def main() -> None:
         for arch, ms in archs:
             proxy = {"kd": -kd_loss(arch), "cka": cka(arch)}  # both: higher is better
             folder = extract(supernet, arch, Path(tmp) / arch.name, tokenizer=meta["tokenizer"])
-            accuracies = []
-            for seed in range(args.seeds):
-                record = finetune(FinetuneConfig(
-                    model=str(folder), task=args.task, out_dir=str(Path(tmp) / f"ft_{arch.name}_{seed}"),
-                    epochs=args.epochs, lr=args.lr, max_train_samples=args.train, max_eval_samples=500,
-                    max_seq_len=64, batch_size=32, seed=seed))
-                accuracies.append(record["dev"]["accuracy"])
+            record = finetune(FinetuneConfig(
+                model=str(folder), task=args.task, out_dir=str(Path(tmp) / f"ft_{arch.name}"), epochs=args.epochs,
+                lr=args.lr, max_train_samples=args.train, max_eval_samples=500, max_seq_len=64, batch_size=32,
+                seeds=list(range(args.seeds))))
+            accuracies = [run["dev"]["accuracy"] for run in record["runs"]]
             rows.append((arch, ms, proxy, accuracies))
             print(f"{arch.name:<28} predicted {ms:7.2f} ms  KD loss {-proxy['kd']:8.4f}  CKA {proxy['cka']:.4f}  "
                   f"{args.task} acc {np.mean(accuracies):.3f} (seeds: {' '.join(f'{a:.3f}' for a in accuracies)})",
