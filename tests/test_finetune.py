@@ -268,5 +268,13 @@ def test_several_seeds_give_each_run_their_mean_and_spread_and_a_rerun_keeps_fin
     seed_record = json.loads((out / "seed_3" / "metrics.json").read_text())
     assert seed_record["config"]["out_dir"] == str(out / "seed_3") and (out / "seed_3" / "model").is_dir()
     assert not list(tmp_path.glob(".*partial"))
+
+    trained.clear()
+    monkeypatch.setattr(runner, "finetune", failing_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(fast_cfg(exports["bert"], task, tmp_path / "changed", epochs=2, seeds=[5, 6]))
+    monkeypatch.setattr(runner, "finetune", counting)
+    changed = finetune(fast_cfg(exports["bert"], task, tmp_path / "changed", epochs=1, seeds=[5]))
+    assert trained == [5, 5] and changed["runs"][0]["train"]["epochs"] == 1  # other settings: seed 5 redone
     with pytest.raises(ValueError, match="distinct seeds"):
         finetune(fast_cfg(exports["bert"], task, tmp_path / "dup", seeds=[1, 1]))

@@ -95,7 +95,11 @@ def finished_record(cfg: FinetuneConfig) -> dict | None:
         record = json.loads(path.read_text())
     except (ValueError, OSError):
         return None
-    same = isinstance(record, dict) and record.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg)))
+    def settings(config: dict) -> dict:  # --overwrite says what to do with a folder, not how the run goes
+        return {k: v for k, v in config.items() if k != "overwrite"}
+
+    wanted = settings(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    same = isinstance(record, dict) and isinstance(record.get("config"), dict) and settings(record["config"]) == wanted
     return record if same else None
 
 

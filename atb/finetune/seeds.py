@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,10 +31,10 @@ def finetune_seeds(cfg: FinetuneConfig, run_one: Callable[[FinetuneConfig], dict
     staging = open_staging(out_dir, resume=not cfg.overwrite) if main else staging_path(out_dir)
     records = []
     for seed in seeds:
-        one = dataclasses.replace(cfg, seed=seed, seeds=None, out_dir=str(staging / f"seed_{seed}"), overwrite=False)
-        if main and finished_record(one) is None and Path(one.out_dir).exists():
-            shutil.rmtree(one.out_dir)  # a run with other settings, in atb's own staging folder
-        records.append(run_one(one))
+        # every rank decides alike which seeds are done: the files it reads change only when a run publishes
+        one = dataclasses.replace(cfg, seed=seed, seeds=None, out_dir=str(staging / f"seed_{seed}"), overwrite=True)
+        done = None if cfg.overwrite else finished_record(dataclasses.replace(one, overwrite=False))
+        records.append(done or run_one(one))  # a run left with other settings is replaced
     summary = {**summarize(records, seeds), **config_record(cfg)}
     if main:
         for seed in seeds:  # each run's record names the folder it will live in
