@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=5e-4)  # the demo's fine-tuning recipe
     parser.add_argument("--dev_batches", type=int, default=8)
-    parser.add_argument("--fitness", default="cka", choices=["cka", "kd"])  # the one the demo's search uses
+    parser.add_argument("--fitness", default="kd", choices=["cka", "kd"])  # the one the demo's search uses
     parser.add_argument("--seed", type=int, default=0)  # draws the archs
     parser.add_argument("--seeds", type=int, default=3)  # fine-tunes per arch
     parser.add_argument("--space", default="", help="space to draw from; default: the one the demo's search ranked")

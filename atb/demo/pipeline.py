@@ -162,12 +162,14 @@ class Stages:
         tool("latency", "fit", "--table", lat / "table.jsonl", "--out", lat / "predictor", *s.fit_flags)
 
     def search(self) -> None:
+        """The paper's KD loss as the fitness: at the source's hidden width it ranked fine-tuned accuracy better
+        than CKA, across sizes and inside a latency band (bench/RESULTS.md, session 11)."""
         s = self.sizes
         space = ("--space", self.whole_width_space()) if s.whole_width else ()
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", *space, "--predictor",
              self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
-             "--dev_batches", s.dev_batches, "--fitness", "cka", "--teacher", self.out / "pretrain" / "source_ordered",
+             "--dev_batches", s.dev_batches, "--fitness", "kd", "--teacher", self.out / "pretrain" / "source_ordered",
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
 
     def whole_width_space(self) -> Path:
