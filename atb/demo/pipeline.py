@@ -163,7 +163,7 @@ class Stages:
 
     def search(self) -> None:
         """The paper's KD loss as the fitness: at the source's hidden width it ranked fine-tuned accuracy better
-        than CKA, across sizes and inside a latency band (bench/RESULTS.md, session 11)."""
+        than CKA, across sizes and inside a latency band (bench/RESULTS.md)."""
         s = self.sizes
         space = ("--space", self.whole_width_space()) if s.whole_width else ()
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", *space, "--predictor",
