@@ -3,7 +3,7 @@ CKA of its representation with the source's, and the KD loss, on the dev blocks)
 after a short, identical fine-tune on a task.
 
 Archs: `--archs` sub-networks of the ordered, KD-trained SuperPLM that `make demo` leaves in runs/demo,
-drawn from the space its search ranked (the whole-width space the demo writes, else the SuperPLM's) and
+drawn from the space its search ranked (the narrowed space the demo writes, else the SuperPLM's) and
 spread over the predicted-latency range. Each is extracted and fine-tuned with one recipe, once per
 `--seeds` seed; accuracy is the mean over seeds, because one fine-tune's spread (a few points, and now and
 then a run stuck at the majority class) is as large as the differences being ranked.
