@@ -32,14 +32,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | Path, overwrite: bool = False, first_wins: bool = False) -> Iterator[Path]:
     """Yield a fresh temp folder beside `final`; on success it becomes `final` in one rename.
 
     An existing `final` is an error unless `overwrite`, in which case it is replaced only after the new
-    folder is complete (the old one is moved aside first, so a crash leaves one of the two intact).
+    folder is complete (the old one is moved aside first, so a crash leaves one of the two intact). With
+    `first_wins`, for a cache that several processes may build at once with the same content, a `final`
+    that is there when this folder is done stays, and this one is dropped: replacing it would pull it from
+    under a process that may be reading it.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
+    if final.exists() and not (overwrite or first_wins):
         raise FileExistsError(f"{final} already exists; refusing to overwrite it (pass overwrite=True to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -48,7 +51,15 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    publish_dir(tmp, final)
+    if not first_wins:
+        publish_dir(tmp, final)
+        return
+    try:
+        os.rename(tmp, final)  # refuses to replace a folder that is not empty
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
 
 
 def publish_dir(staging: Path, final: Path) -> None:

@@ -276,3 +276,18 @@ def test_batch_errors(blocks, tokenizer):
         next(make_batches(blocks["train"], tokenizer, 10_000, 1, 0, 1, seed=0))
     with pytest.raises(ValueError, match="rank 2 is outside world size 2"):
         make_batches(blocks["train"], tokenizer, 2, 1, 2, 2, seed=0)
+
+
+def test_a_cache_folder_that_another_process_published_first_is_kept(tmp_path):
+    """Two ranks building the same cache: the second to finish must not move the first one's folder away
+    while the first may be reading it."""
+    from atb.fsutil import atomic_dir
+
+    final = tmp_path / "blocks-x"
+    with atomic_dir(final, first_wins=True) as first:
+        with atomic_dir(final, first_wins=True) as second:
+            (second / "data").write_text("second")
+        inode = final.stat().st_ino
+        (first / "data").write_text("first")
+    assert final.stat().st_ino == inode and (final / "data").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["blocks-x"]  # the loser's folder is gone

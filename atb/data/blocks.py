@@ -131,7 +131,7 @@ def build_blocks(corpus: Dataset, tokenizer: PreTrainedTokenizerBase, seq_len: i
                        dev_fraction, seed)
     if target is not None:
         if not target.is_dir():  # another process may have finished first: its result is the same
-            with atomic_dir(target, overwrite=True) as tmp:
+            with atomic_dir(target, first_wins=True) as tmp:
                 blocks.save_to_disk(str(tmp))
         packed_file.unlink(missing_ok=True)  # an intermediate: the saved splits hold the same blocks
         blocks = load_from_disk(str(target))
