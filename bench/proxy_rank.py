@@ -3,7 +3,7 @@ CKA of its representation with the source's, and the KD loss, on the dev blocks)
 after a short, identical fine-tune on a task.
 
 Archs: `--archs` sub-networks of the ordered, KD-trained SuperPLM that `make demo` leaves in runs/demo,
-drawn from the space its search ranked (the narrowed space the demo writes, else the SuperPLM's) and
+drawn from the part of its space that the search ranks by default (`--space` to choose) and
 spread over the predicted-latency range. Each is extracted and fine-tuned with one recipe, once per
 `--seeds` seed; accuracy is the mean over seeds, because one fine-tune's spread (a few points, and now and
 then a run stuck at the majority class) is as large as the differences being ranked.
@@ -35,7 +35,8 @@ from atb.latency import LatencyPredictor  # noqa: E402
 from atb.latency.metrics import kendall_tau  # noqa: E402
 from atb.model.extract import extract  # noqa: E402
 from atb.model.supernet_io import load_supernet  # noqa: E402
-from atb.space import Arch, SearchSpace  # noqa: E402
+from atb.search.runner import searched_space  # noqa: E402
+from atb.space import Arch  # noqa: E402
 from atb.train.objectives import Teacher  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--fitness", default="kd", choices=["cka", "kd"])  # the one the demo's search uses
     parser.add_argument("--seed", type=int, default=0)  # draws the archs
     parser.add_argument("--seeds", type=int, default=3)  # fine-tunes per arch
-    parser.add_argument("--space", default="", help="space to draw from; default: the one the demo's search ranked")
+    parser.add_argument("--space", default="", help="space to draw from (as tools/search.py --space); default: the one the search ranks")
     args = parser.parse_args()
     run = Path(args.run)
     supernet, meta = load_supernet(run / "pretrain" / "supernet")
@@ -72,10 +73,7 @@ def main() -> None:
     kd_loss = DevLossFitness(supernet, batches, objective="kd", teacher=teacher,
                              projection=load_kd_projection(run / "pretrain" / "supernet"))
     cka = RepresentationFitness(supernet, batches, teacher)
-    searched = run / "search_space.yaml"
-    chosen = args.space or (searched if searched.exists() else None)
-    space = SearchSpace.load(chosen) if chosen else supernet.space
-    supernet.space.validate(space.largest())
+    space = searched_space(args.space, supernet.space, meta)
     print(f"archs drawn from space {space.name}", flush=True)
     archs = spread_by_latency(space, LatencyPredictor.load(run / "latency" / "predictor"), args.archs, args.seed)
     rows = []

@@ -83,3 +83,21 @@ def test_a_space_larger_than_its_source_is_refused():
     with pytest.raises(SpaceError, match=r"larger than the source .*hidden 256 > 128"):
         check_within(SearchSpace.load("demo"), layers=4, hidden=128, heads=4, qkv=256, ffn=1024, source="src")
     check_within(SearchSpace.load("demo"), layers=4, hidden=256, heads=4, qkv=256, ffn=1024, source="src")
+
+
+def test_a_compressed_superplm_is_searched_at_whole_width_and_at_least_a_quarter_of_each_width():
+    from atb.search.runner import searched_space
+
+    spec = {"name": "from_model", "layers": {"min": 1, "max": 6, "step": 1}, "hidden": {"min": 32, "max": 384, "step": 32},
+            "heads": {"min": 12, "max": 12, "step": 1}, "qkv": {"min": 48, "max": 384, "step": 48},
+            "ffn": {"min": 100, "max": 1000, "step": 300}}  # a quarter of 1000 lies between grid values
+    whole = SearchSpace.from_spec(spec)
+    searched = searched_space("", whole, {"source": "/models/minilm"})
+    searched.check_within(whole)
+    assert searched.largest() == whole.largest() and searched.layers == whole.layers
+    assert (searched.hidden.values(), searched.ffn.values()) == ([384], [400, 700, 1000])
+    assert searched.qkv.values() == [96, 144, 192, 240, 288, 336, 384]
+    # from scratch, or asked for all of it: the whole space; an explicit part must lie inside it
+    assert searched_space("", whole, {}) == whole == searched_space("all", whole, {"source": "/models/minilm"})
+    with pytest.raises(SpaceError):
+        searched_space("mlm", whole, {"source": "/models/minilm"})

@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atb.demo.report import finetune_dir, write_report
 from atb.finetune.bow_baseline import BOW_MODEL
-from atb.fsutil import write_text_atomic
-from atb.space import IntRange
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,8 +40,8 @@ class Sizes:
     latency_flags: tuple = ()
     fit_flags: tuple = ()
     targets: str = "2x,4x"  # speed-ups over the source model; at 32 tokens (micro) per-op overhead leaves ~2x at most
-    # search the narrowed space (`search_space`); the micro size's small latency fit is too coarse to
-    # promise such archs inside each of its targets' bands
+    # search the part of the SuperPLM's space a search ranks by default (`source_space.searched_part`); the
+    # micro size's small latency fit is too coarse to promise such archs inside each of its targets' bands
     narrowed_search: bool = True
     pretrain_lr: float = 1e-4
     develop_lr: float = 1e-4
@@ -66,19 +62,6 @@ SIZES = {
                    fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.25x,1.5x,2x", narrowed_search=False),
 }
 SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
-NARROWEST_SHARE = 0.25  # of the source's FFN and per-head widths, in the searched space
-
-
-def write_search_space(spec: dict, path: Path) -> Path:
-    """`spec` with the hidden size fixed at its largest and the FFN and qkv ranges starting at the first
-    value on their grid that keeps NARROWEST_SHARE of the largest."""
-    narrowed = {**spec, "name": f"{spec['name']}_searched", "hidden": {"min": spec["hidden"]["max"],
-                                                                       "max": spec["hidden"]["max"], "step": 1}}
-    for dim in ("ffn", "qkv"):
-        grid = IntRange(**spec[dim])
-        narrowed[dim] = {**spec[dim], "min": min(v for v in grid.values() if v >= NARROWEST_SHARE * grid.max)}
-    write_text_atomic(path, yaml.safe_dump(narrowed, sort_keys=False))
-    return path
 
 
 def source_path(source: str) -> str:
@@ -179,21 +162,12 @@ class Stages:
         """The paper's KD loss as the fitness: at the source's hidden width it ranked fine-tuned accuracy better
         than CKA, across sizes and inside a latency band (bench/RESULTS.md)."""
         s = self.sizes
-        space = ("--space", self.search_space()) if s.narrowed_search else ()
+        space = () if s.narrowed_search else ("--space", "all")
         tool("search", "--checkpoint", self.out / "pretrain" / "supernet", *space, "--predictor",
              self.out / "latency" / "predictor", "--targets", ",".join(self.cfg.targets) or s.targets, "--out_dir", self.out / "search",
              "--preset", s.search_preset, "--corpus", self.cfg.corpus, "--generations", s.search_generations,
              "--dev_batches", s.dev_batches, "--fitness", "kd", "--teacher", self.out / "pretrain" / "source_ordered",
              "--batch_size", s.micro_batch, ranks=self.cfg.ranks, threads=1)
-
-    def search_space(self) -> Path:
-        """The SuperPLM's space as the demo searches it: the hidden size fixed at the source's, and FFN and
-        per-head widths of at least a quarter of the source's. Cutting hidden channels, or a layer's FFN or
-        heads to a tenth or a fifth, cost a pre-trained source more accuracy than a moderate cut of the same
-        latency, and neither fitness saw it (bench/RESULTS.md). The BERT-ratio baselines still come from the
-        whole space."""
-        spec = yaml.safe_load(self.space_file.read_text())
-        return write_search_space(spec, self.out / "search_space.yaml")
 
     def develop(self) -> None:
         from atb.demo.baseline import picks_with_baselines  # torch and transformers: only for this stage

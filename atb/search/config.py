@@ -21,7 +21,7 @@ class SearchConfig:
     runtime: str = ""  # if given, the predictor must be of this runtime (torch, onnxruntime, onnxruntime-int8)
     band_low: float = 0.85  # a candidate for target T predicts at least band_low * T (the paper's band)
     band_high: float = 1.1  # a candidate for target T predicts at most band_high * T
-    space: str = ""  # search only this part of the SuperPLM's space (preset or YAML/JSON spec); default: all of it
+    space: str = ""  # part of the SuperPLM's space (preset or YAML/JSON spec), or all; default: all, or for a compressed SuperPLM the whole hidden width and >= 1/4 of FFN and qkv
     method: str = "evolution"  # evolution | random | fast (the paper's AutoTinyBERT-Fast rule)
     preset: str = "hat"  # evolution settings: hat | autotinybert | tiny (single flags below override)
     population: int | None = None  # first generation: random in-band archs per target

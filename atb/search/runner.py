@@ -31,6 +31,7 @@ from atb.search.fitness import DevLossFitness, RepresentationFitness, load_kd_pr
 from atb.search.loop import LoopSpec, run_search_loop
 from atb.search.parallel import Comm, LocalComm, TorchComm
 from atb.search.targets import LatencyOracle, load_predictor, resolve_targets
+from atb.source_space import searched_part
 from atb.space import SearchSpace
 from atb.train.checkpointing import validate
 from atb.train.consolidate import load_deepspeed_supernet, resolve
@@ -159,6 +160,18 @@ def fingerprint(cfg: SearchConfig, proposer: Proposer, space_spec: dict, meta: d
     }
 
 
+def searched_space(requested: str, whole: SearchSpace, meta: dict[str, Any]) -> SearchSpace:
+    """--space: a preset or spec file inside the SuperPLM's space, or `all` of it; by default all of it, or
+    for a SuperPLM compressed from a pre-trained model, the part of it worth searching (`searched_part`)."""
+    if requested == "all" or not requested and not meta.get("source"):
+        return whole
+    if not requested:
+        return searched_part(whole)
+    space = SearchSpace.load(requested)
+    space.check_within(whole)
+    return space
+
+
 def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     """Run or resume a search; returns results.json's content on rank 0."""
     cfg.validate()
@@ -167,10 +180,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     model, meta, weights = load_weights(cfg.checkpoint, out_dir, comm, cfg.trust_checkpoint)
     adopt_search_data(cfg, meta, comm.rank == 0)
     model = model.to(device).eval()
-    space = model.space
-    if cfg.space:
-        space = SearchSpace.load(cfg.space)
-        space.check_within(model.space)
+    space = searched_space(cfg.space, model.space, meta)
     seq_len = cfg.seq_len or int(meta.get("seq_len", 128))
     predictor = load_predictor(cfg.predictor, seq_len, cfg.runtime)
     oracle = LatencyOracle(predictor)
