@@ -84,4 +84,3 @@ def test_micro_demo_end_to_end(tmp_path, source):
     # a second run reuses every stage
     again = subprocess.run(demo, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("reusing") == 6
-
