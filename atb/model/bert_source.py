@@ -134,5 +134,23 @@ def encoder_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "bert", model)
 
 
+def run_calibration(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], hooks: list,
+                    real: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Runs `model` in eval mode over `batches` with the forward `hooks` in place (removed afterwards),
+    keeping `real["mask"]` at the current batch's real tokens for them; returns how many real tokens it saw."""
+    tokens = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    model.eval()
+    try:
+        for batch in batches:
+            real["mask"] = batch["attention_mask"].bool()
+            tokens += real["mask"].sum()
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  token_type_ids=batch["token_type_ids"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return tokens
+
+
 def has_mlm_head(folder: str | Path) -> bool:
     return any(k.startswith("cls.predictions.transform.") for k in load_state(folder))

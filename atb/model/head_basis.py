@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from atb.model.bert_source import SourceDims, encoder_model
+from atb.model.bert_source import SourceDims, encoder_model, run_calibration
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 EIGEN_FLOOR = 1e-6  # eigenvalues below this share of the largest are clamped: whitening must stay invertible
@@ -57,11 +57,10 @@ def compute_head_bases(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     L, A, D = dims.layers, dims.heads, dims.head_dim
     device = next(model.parameters()).device
     moments = {name: torch.zeros(L, A, D, D, dtype=torch.float64, device=device) for name in ("q", "k", "ctx")}
-    mask: dict[str, torch.Tensor] = {}
-    tokens = torch.zeros((), dtype=torch.float64, device=device)
+    real: dict[str, torch.Tensor] = {}
 
     def add(name: str, i: int, x: torch.Tensor) -> None:
-        x = x.detach().double()[mask["real"]].view(-1, A, D)  # [tokens, heads, head_dim]
+        x = x.detach().double()[real["mask"]].view(-1, A, D)  # [tokens, heads, head_dim]
         moments[name][i] += torch.einsum("tad,tae->ade", x, x)
 
     hooks = []
@@ -70,16 +69,7 @@ def compute_head_bases(model: nn.Module, batches: list[dict[str, torch.Tensor]],
         hooks += [attn.self.query.register_forward_hook(lambda m, a, o, i=i: add("q", i, o)),
                   attn.self.key.register_forward_hook(lambda m, a, o, i=i: add("k", i, o)),
                   attn.output.dense.register_forward_pre_hook(lambda m, a, i=i: add("ctx", i, a[0]))]
-    model.eval()
-    try:
-        for batch in batches:
-            mask["real"] = batch["attention_mask"].bool()
-            tokens += mask["real"].sum()
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  token_type_ids=batch["token_type_ids"])
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = run_calibration(model, batches, hooks, real)
     # means, not sums: the split of scale between the two sides of a pair depends on the moments' size
     count = reduce(tokens).clamp_min(1)
     moments = {k: reduce(v) / count for k, v in moments.items()}

@@ -5,7 +5,8 @@ inside each head, and FFN neurons; each layer's importance (1 - cos(layer input,
 over tokens) is recorded too. Two estimators:
 - `activation`: magnitudes of what each unit writes (LayerNorm outputs for hidden channels, a head's
   contribution through the output projection, an FFN neuron's activation times its output weight norm).
-  It needs no loss, so it works for encoders that ship without an MLM head.
+  It needs no loss, so it works for encoders that ship without an MLM head. (Its FFN order is not the
+  ranking of these scores but `ffn_order.py`'s, which also sees what neurons share.)
 - `taylor`: first-order Taylor |w * dL/dw| summed over each unit's weights, with the MLM loss (the model's
   own MLM head, or the word embeddings as a tied decoder when it has none).
 Every statistic is a sum over tokens, all-reduced over ranks before it is normalised, so N ranks that split

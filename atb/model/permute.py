@@ -48,6 +48,10 @@ class ModelOrder:
             LayerOrder(torch.arange(dims.heads), dims_order(), dims_order(), torch.arange(dims.ffn))
             for _ in range(dims.layers)])
 
+    def with_ffn_orders(self, ffn: torch.Tensor) -> "ModelOrder":
+        """The same orders with each layer's FFN neurons in `ffn` [layers, ffn] instead."""
+        return ModelOrder(self.hidden, [replace(o, ffn=ffn[i]) for i, o in enumerate(self.layers)])
+
     def with_head_bases(self, bases: HeadBases) -> "ModelOrder":
         """The same orders, each head also changed to its basis in `bases` (computed on the source)."""
         return ModelOrder(self.hidden, [replace(o, qk_basis=bases.qk[i], v_basis=bases.v[i])

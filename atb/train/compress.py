@@ -19,6 +19,7 @@ import torch
 from atb.data import load_tokenizer
 from atb.data.loader import masked_batches
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
+from atb.model.ffn_order import compute_ffn_orders
 from atb.model.head_basis import compute_head_bases
 from atb.model.importance import compute_importance
 from atb.model.ordering import IMPORTANCE_FILE, read_importance, write_importance, write_ordered_folder
@@ -148,6 +149,8 @@ def ordered_source(source: Source, out: Path, importance_file: Path, estimator: 
         model = build_model(source.path, source.config, with_mlm_head=with_head).to(env.device)
         importance = compute_importance(model, batches, source.dims, estimator, sum_over_ranks)
         order = importance.order().with_head_bases(compute_head_bases(model, batches, source.dims, sum_over_ranks))
+        if estimator == "activation":
+            order = order.with_ffn_orders(compute_ffn_orders(model, batches, source.dims, sum_over_ranks))
         if env.is_main:
             write_importance(importance_file, importance, order, source.path, source.content_hash, spec,
                              {**calibration, "samples": importance.samples})
