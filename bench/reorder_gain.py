@@ -37,6 +37,8 @@ from atb.source_space import space_from_source  # noqa: E402
 from atb.space import Arch, SearchSpace  # noqa: E402
 from atb.train.objectives import Teacher  # noqa: E402
 
+LOSS_FLOOR = 1e-6  # KD losses below this are float rounding of a sub-network that is the source
+
 
 def spread(space: SearchSpace, count: int, layers: int | None = None) -> list[Arch]:
     """`count` archs from the smallest to the largest, every dimension growing together (all at `layers` deep
@@ -131,14 +133,17 @@ def main() -> None:
             after[name] = kd_losses(trained, teachers[name], load_kd_projection(run / "supernet"), batches, archs)
     else:
         after = {name: [float("nan")] * len(archs) for name in teachers}
+    def shown(ordered: float, plain: float) -> str:
+        # both sub-networks are the source itself (the largest arch) up to float rounding: no ratio to show
+        return f"{ordered / plain:>7.3f}" if max(ordered, plain) > LOSS_FLOOR else f"{'-':>7}"
+
     print(f"{'arch':<28} {'before: ordered':>16} {'plain':>10} {'ratio':>7} {'after: ordered':>15} {'plain':>10} {'ratio':>7}")
     for i, arch in enumerate(archs):
         if i == len(main_archs):
             print(f"at the source's depth ({space.layers.max} layers), widths cut only:")
         b = (before["ordered"][i], before["plain"][i])
         a = (after["ordered"][i], after["plain"][i])
-        print(f"{arch.name:<28} {b[0]:>16.4f} {b[1]:>10.4f} {b[0] / max(b[1], 1e-12):>7.3f} "
-              f"{a[0]:>15.4f} {a[1]:>10.4f} {a[0] / max(a[1], 1e-12):>7.3f}")
+        print(f"{arch.name:<28} {b[0]:>16.4f} {b[1]:>10.4f} {shown(*b)} {a[0]:>15.4f} {a[1]:>10.4f} {shown(*a)}")
 
     def ratio(losses: dict[str, list[float]], rows: slice) -> float:
         return sum(losses["ordered"][rows]) / sum(losses["plain"][rows])
