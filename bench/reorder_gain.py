@@ -133,9 +133,10 @@ def main() -> None:
             after[name] = kd_losses(trained, teachers[name], load_kd_projection(run / "supernet"), batches, archs)
     else:
         after = {name: [float("nan")] * len(archs) for name in teachers}
+
     def shown(ordered: float, plain: float) -> str:
         # both sub-networks are the source itself (the largest arch) up to float rounding: no ratio to show
-        return f"{ordered / plain:>7.3f}" if max(ordered, plain) > LOSS_FLOOR else f"{'-':>7}"
+        return f"{ordered / max(plain, 1e-12):>7.3f}" if max(ordered, plain) > LOSS_FLOOR else f"{'-':>7}"
 
     print(f"{'arch':<28} {'before: ordered':>16} {'plain':>10} {'ratio':>7} {'after: ordered':>15} {'plain':>10} {'ratio':>7}")
     for i, arch in enumerate(archs):

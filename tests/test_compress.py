@@ -134,6 +134,9 @@ def test_importance_on_two_ranks_equals_one(data, source, tmp_path, estimator):
         for key in ("qk_basis", "v_basis"):  # from moments summed in another order
             torch.testing.assert_close(torch.tensor(layer_two[key]), torch.tensor(layer_one[key]), rtol=1e-6, atol=1e-8)
     assert one["order"]["hidden"] == two["order"]["hidden"]
+    if estimator == "activation":  # its FFN order is the greedy reconstruction order, not the scores' ranking
+        by_score = [torch.tensor(s).argsort(descending=True).tolist() for s in one["scores"]["ffn"]]
+        assert [layer["ffn"] for layer in one["order"]["layers"]] != by_score
 
 
 PRETRAIN = ["--seq_len", 16, "--micro_batch", 4, "--steps", 2, "--save_every", 2, "--calib_samples", 16,
