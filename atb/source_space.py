@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atb.space import IntRange, SearchSpace, SpaceError
+from atb.space import SearchSpace, SpaceError
 
 NARROWEST_SHARE = 0.25  # of the largest FFN and qkv widths, in the part of a compressed SuperPLM's space searched
 
@@ -57,7 +57,7 @@ def searched_part(space: SearchSpace) -> SearchSpace:
     widest = spec["hidden"]["max"]
     spec.update(name=f"{space.name}_searched", hidden={"min": widest, "max": widest, "step": 1})
     for dim in ("ffn", "qkv"):
-        if dim in spec:
-            grid = IntRange(**spec[dim])
+        grid = getattr(space, dim)
+        if grid is not None:  # qkv has no range of its own when the head size is fixed
             spec[dim] = {**spec[dim], "min": min(v for v in grid.values() if v >= NARROWEST_SHARE * grid.max)}
     return SearchSpace.from_spec(spec)
