@@ -11,13 +11,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
 
 BERT_FAMILY = ("bert", "atb_tinybert")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a statistic over ranks (the identity on one rank)
 
 
 @dataclass(frozen=True)

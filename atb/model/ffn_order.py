@@ -10,14 +10,11 @@ calibration tokens and the output weights, so ranks add up their moments and all
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from atb.model.bert_source import SourceDims, encoder_model, run_calibration
+from atb.model.bert_source import Reduce, SourceDims, encoder_model, run_calibration
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
 DEAD_SHARE = 1e-10  # a neuron whose unexplained variance is below this share of the largest adds nothing
 
 

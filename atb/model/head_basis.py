@@ -12,14 +12,12 @@ order; the scale is split evenly between the two sides.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from atb.model.bert_source import SourceDims, encoder_model, run_calibration
+from atb.model.bert_source import Reduce, SourceDims, encoder_model, run_calibration
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
 EIGEN_FLOOR = 1e-6  # eigenvalues below this share of the largest are clamped: whitening must stay invertible
 
 

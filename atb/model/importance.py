@@ -16,17 +16,15 @@ the calibration batches compute what one rank computes on all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atb.model.bert_source import SourceDims, encoder_model
+from atb.model.bert_source import Reduce, SourceDims, encoder_model
 from atb.model.permute import LayerOrder, ModelOrder
 
 ESTIMATORS = ("activation", "taylor")
-Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass

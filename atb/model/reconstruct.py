@@ -16,14 +16,12 @@ sub-network's `h` hidden channels are matched with the source's first `h`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from atb.model.bert_source import encoder_model
+from atb.model.bert_source import Reduce, encoder_model
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
 BLOCKS = ("attention", "ffn")
 
 
