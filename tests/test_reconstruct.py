@@ -13,7 +13,7 @@ from atb.model.bert_source import build_model, read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.extract import build_masked_lm
 from atb.model.pretrained_init import init_from_pretrained
-from atb.model.reconstruct import Calibration, reconstruct
+from atb.model.reconstruct import BLOCKS, Calibration, _AffineNormal, _refit_norm, reconstruct
 from atb.source_space import space_from_source
 from atb.space import Arch, SearchSpace
 from bert_sources import VOCAB, padded_batch, save_random_bert
@@ -46,7 +46,7 @@ def last_hidden(model, batch, width: int | None = None) -> torch.Tensor:
     return out[..., :width] if width else out
 
 
-def test_recovers_projections_broken_on_purpose(source):
+def test_recovers_projections_and_layer_norms_broken_on_purpose(source):
     _, model = source
     student = copy.deepcopy(model)
     with torch.no_grad():
@@ -54,14 +54,37 @@ def test_recovers_projections_broken_on_purpose(source):
             for dense in (layer.attention.output.dense, layer.output.dense):
                 dense.weight.add_(torch.randn_like(dense.weight) * 0.2)
                 dense.bias.add_(0.1)
+            layer.output.LayerNorm.weight.mul_(1.5)
+        student.embeddings.LayerNorm.bias.add_(0.3)
     batch = padded_batch(seed=7)
     real = batch["attention_mask"].bool()
     assert (last_hidden(student, batch) - last_hidden(model, batch))[real].abs().max() > 0.05
     fits = reconstruct(student, calibration(model), ridge=1e-9)
-    assert all(f.replaced for f in fits) and len(fits) == 2 * 3
+    assert all(f.replaced for f in fits if f.block in BLOCKS) and len(fits) == 1 + 4 * 3
+    assert all(f.replaced for f in fits if f.block in ("embeddings_norm", "ffn_norm"))
     # exact targets exist (the source's own weights), so the solve finds them; padding is not an issue later
     torch.testing.assert_close(last_hidden(student, batch)[real], last_hidden(model, batch)[real],
                                atol=1e-4, rtol=1e-4)
+
+
+def test_a_layer_norm_fit_is_each_channels_least_squares_line():
+    g = torch.Generator().manual_seed(0)
+    n = torch.randn(500, 6, generator=g)
+    noise = 0.3 * torch.randn(500, 6, generator=g)
+    y = n * torch.tensor([0.5, 2.0, -1.0, 0.0, 1.0, 3.0]) + torch.linspace(-1, 1, 6) + noise
+    fit, held = _AffineNormal(6, torch.device("cpu")), _AffineNormal(6, torch.device("cpu"))
+    fit.add(n[:400], y[:400]), held.add(n[400:], y[400:])
+    norm = torch.nn.LayerNorm(6)
+    assert _refit_norm(norm, fit, held, ridge=1e-9, layer=0, block="ffn_norm", source_layer=0).replaced
+    for c in range(6):  # the reference: an independent least-squares solve of [n, 1] -> y per channel
+        design = torch.stack([n[:400, c], torch.ones(400)], 1).double()
+        line = torch.linalg.lstsq(design, y[:400, c:c + 1].double()).solution.flatten()
+        torch.testing.assert_close(torch.stack([norm.weight[c], norm.bias[c]]).double(), line, atol=1e-5, rtol=1e-5)
+    # the held-out error is the mean squared residual as a share of y's variance there
+    residual = y[400:] - (n[400:] * norm.weight.detach() + norm.bias.detach())
+    expected = residual.double().square().sum() / (y[400:].double() - y[400:].double().mean(0)).square().sum()
+    weight, bias = norm.weight.detach().double(), norm.bias.detach().double()
+    assert held.error(weight, bias) == pytest.approx(float(expected), rel=1e-6)
 
 
 def sliced(folder, arch: Arch):
@@ -95,7 +118,9 @@ def test_last_to_last_matches_the_sources_last_layer(source):
     folder, model = source
     student = sliced(folder, Arch.parse("L2_H32_A4_Q32_F32"))
     fits = reconstruct(student, calibration(model), last_to_last=True)
-    assert [f.source_layer for f in fits] == [0, 0, 2, 2]
+    assert [(f.block, f.source_layer) for f in fits] == [
+        ("embeddings_norm", -1), ("attention", 0), ("attention_norm", 0), ("ffn", 0), ("ffn_norm", 0),
+        ("attention", 2), ("attention_norm", 2), ("ffn", 2), ("ffn_norm", 2)]
 
 
 def test_unusable_calibration_is_refused(source):

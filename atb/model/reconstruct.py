@@ -4,10 +4,12 @@ Slicing drops FFN neurons, head dims and channels; what the dropped units wrote 
 lost. The two projections that write into the stream (each layer's attention output and FFN output) are
 linear, so given the sub-network's own inputs to them and the source's residual stream at the same point,
 the best replacement weights are a least-squares solve: no gradient steps, a few calibration batches (the
-normal equations are summed, so ranks can split the batches). Layers
-are fitted first to last, each on the already fitted layers before it, so errors do not pile up. The fit
-pulls towards the sliced weights (ridge), and a projection is only replaced when the new weights reconstruct
-held-out calibration tokens better than the old ones did.
+normal equations are summed, so ranks can split the batches). A sub-network with fewer hidden channels also
+normalises the stream over those channels only, so each LayerNorm after a projection (and the embeddings')
+gets the per-channel weight and bias that best turn the sub-network's normalised stream into the source's
+LayerNorm output. Layers are fitted first to last, each on the already fitted layers before it, so errors do
+not pile up. Every fit pulls towards the sliced weights (ridge) and only replaces them when it reconstructs
+held-out calibration tokens measurably better.
 
 The source must keep its units in the sub-network's order (for a SuperPLM: the ordered source), since the
 sub-network's `h` hidden channels are matched with the source's first `h`.
@@ -15,14 +17,19 @@ sub-network's `h` hidden channels are matched with the source's first `h`.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atb.model.bert_source import Reduce, encoder_model
 
 BLOCKS = ("attention", "ffn")
+MIN_GAIN = 1e-3  # relative drop in held-out error a fit needs to replace the weights it was fitted from
 
 
 @dataclass
@@ -70,6 +77,43 @@ class _Normal:
         return float(sse / variance.clamp_min(1e-12))
 
 
+class _AffineNormal:
+    """Per-channel running sums of the least-squares fit y = weight * n + bias (fp64), where n is the
+    sub-network's stream normalised by its own LayerNorm (before the affine) and y the source's LayerNorm
+    output on the same channels."""
+
+    def __init__(self, channels: int, device: torch.device):
+        self.n, self.nn, self.ny, self.y, self.yy = (torch.zeros(channels, dtype=torch.float64, device=device)
+                                                      for _ in range(5))
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, n: torch.Tensor, y: torch.Tensor) -> None:
+        n, y = n.double(), y.double()
+        self.n += n.sum(0)
+        self.nn += n.square().sum(0)
+        self.ny += (n * y).sum(0)
+        self.y += y.sum(0)
+        self.yy += y.square().sum(0)
+        self.count += len(y)
+
+    def reduce(self, fn: Reduce) -> None:
+        for name in ("n", "nn", "ny", "y", "yy", "count"):
+            setattr(self, name, fn(getattr(self, name)))
+
+    def error(self, weight: torch.Tensor, bias: torch.Tensor) -> float:
+        """sum ||weight * n + bias - y||^2 over the tokens seen, as a share of y's variance."""
+        sse = (weight.square() * self.nn + 2 * weight * bias * self.n + bias.square() * self.count
+               - 2 * weight * self.ny - 2 * bias * self.y + self.yy).sum()
+        variance = (self.yy - self.y.square() / self.count.clamp_min(1)).sum()
+        return float(sse / variance.clamp_min(1e-12))
+
+
+def _improves(before: float, after: float) -> bool:
+    """Whether a fit's held-out error is measurably lower: a tie decided by float rounding would make ranks
+    that sum their equations in another order keep different weights."""
+    return after < before * (1 - MIN_GAIN)
+
+
 def _first(out):
     return out[0] if isinstance(out, tuple) else out  # older transformers return tuples from blocks
 
@@ -83,12 +127,16 @@ def _run_block(layer: nn.Module, block: str, x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Calibration:
     """Unpadded calibration blocks (this rank's share), which of them only judge a fit, and the source's
-    pre-LayerNorm residual stream after each layer's attention and FFN block on each of them. Built once and
-    shared by every sub-network reconstructed against the same source."""
+    pre-LayerNorm residual stream after its embeddings and after each layer's attention and FFN block on each
+    of them, with the source's LayerNorms that turn those streams into its outputs. Built once and shared by
+    every sub-network reconstructed against the same source."""
 
     batches: list[dict[str, torch.Tensor]]
     held_out: list[bool]
+    embeddings: list[torch.Tensor]  # [batch] -> [batch, seq, hidden]
     streams: list[dict[str, list[torch.Tensor]]]  # [source layer][block][batch] -> [batch, seq, hidden]
+    embedding_norm: nn.LayerNorm
+    norms: list[dict[str, nn.LayerNorm]]  # [source layer][block]
 
     @classmethod
     @torch.no_grad()
@@ -99,18 +147,22 @@ class Calibration:
         if not all(bool(b["attention_mask"].all()) for b in batches):
             raise ValueError("reconstruction runs layers without a mask: calibration blocks must have no padding")
         source.eval()
-        layers = encoder_model(source).encoder.layer
+        base = encoder_model(source)
+        layers = base.encoder.layer
+        embeddings: list[torch.Tensor] = []
         streams: list[dict[str, list[torch.Tensor]]] = [{block: [] for block in BLOCKS} for _ in layers]
         hooks = [_output(layer, block).LayerNorm.register_forward_pre_hook(
             lambda m, a, seen=streams[i][block]: seen.append(a[0].detach()))
             for i, layer in enumerate(layers) for block in BLOCKS]
+        hooks.append(base.embeddings.LayerNorm.register_forward_pre_hook(lambda m, a: embeddings.append(a[0].detach())))
         try:
             for batch in batches:
-                encoder_model(source)(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
+                base(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
         finally:
             for h in hooks:
                 h.remove()
-        return cls(batches, list(held_out), streams)
+        norms = [{block: copy.deepcopy(_output(layer, block).LayerNorm) for block in BLOCKS} for layer in layers]
+        return cls(batches, list(held_out), embeddings, streams, copy.deepcopy(base.embeddings.LayerNorm), norms)
 
 
 def _collect(layer: nn.Module, block: str, inputs: list[torch.Tensor], targets: list[torch.Tensor],
@@ -140,20 +192,48 @@ def _source_layer(i: int, student_layers: int, source_layers: int, last_to_last:
     return source_layers - 1 if last_to_last and i == student_layers - 1 else i
 
 
+def _collect_norm(norm: nn.LayerNorm, run: Callable[[Any], Any], inputs: list, targets: list[torch.Tensor],
+                  source_norm: nn.LayerNorm, held_out: list[bool]) -> tuple[_AffineNormal, _AffineNormal]:
+    """Per-channel sums for one LayerNorm's affine: `run` feeds it the sub-network's own stream; the targets
+    are the source's LayerNorm outputs on the sub-network's channels."""
+    width = norm.normalized_shape[0]
+    fit, held = (_AffineNormal(width, norm.weight.device) for _ in range(2))
+    seen: dict[str, torch.Tensor] = {}
+    hook = norm.register_forward_pre_hook(lambda m, a: seen.update(stream=a[0]))
+    try:
+        for x, target, judge_only in zip(inputs, targets, held_out):
+            run(x)
+            n = F.layer_norm(seen["stream"], (width,), eps=norm.eps).flatten(0, 1)
+            (held if judge_only else fit).add(n, source_norm(target)[..., :width].flatten(0, 1))
+    finally:
+        hook.remove()
+    return fit, held
+
+
 @torch.no_grad()
 def reconstruct(student: nn.Module, calibration: Calibration, ridge: float = 1e-2, last_to_last: bool = False,
                 reduce: Reduce = lambda t: t) -> list[BlockFit]:
     """Refit, in place, every attention-output and FFN-output projection of `student` (a transformers
-    BERT-family model sliced from the calibration's source); `reduce` sums a tensor over ranks. Student layer
-    i is matched with source layer i (the first-L-layers rule), or its last layer with the source's last when
-    `last_to_last`. `ridge` is relative to the mean input energy."""
+    BERT-family model sliced from the calibration's source), and the affine of every LayerNorm, since a
+    LayerNorm over fewer hidden channels scales them differently from the source's; `reduce` sums a tensor
+    over ranks. Student layer i is matched with source layer i (the first-L-layers rule), or its last layer
+    with the source's last when `last_to_last`. `ridge` is relative to the mean input energy."""
     was_training = student.training
     student.eval()
     base = encoder_model(student)
     layers = base.encoder.layer
-    xs = [base.embeddings(b["input_ids"], b["token_type_ids"]) for b in calibration.batches]
     fits = []
+
+    def fit_norm(norm: nn.LayerNorm, run, inputs, targets, source_norm, layer: int, block: str, source_layer: int):
+        fit, held = _collect_norm(norm, run, inputs, targets, source_norm, calibration.held_out)
+        fit.reduce(reduce), held.reduce(reduce)
+        fits.append(_refit_norm(norm, fit, held, ridge, layer, block, source_layer))
+
     try:
+        embed = lambda b: base.embeddings(b["input_ids"], b["token_type_ids"])  # noqa: E731
+        fit_norm(base.embeddings.LayerNorm, embed, calibration.batches, calibration.embeddings,
+                 calibration.embedding_norm, -1, "embeddings_norm", -1)
+        xs = [embed(b) for b in calibration.batches]
         for i, layer in enumerate(layers):
             source_layer = _source_layer(i, len(layers), len(calibration.streams), last_to_last)
             for block in BLOCKS:
@@ -163,10 +243,31 @@ def reconstruct(student: nn.Module, calibration: Calibration, ridge: float = 1e-
                 if not (fit.n > 0 and held.n > 0):
                     raise ValueError("reconstruction needs calibration tokens both to fit and to judge the fit")
                 fits.append(_refit(_output(layer, block).dense, fit, held, ridge, i, block, source_layer))
+                fit_norm(_output(layer, block).LayerNorm, lambda x: _run_block(layer, block, x), xs,
+                         calibration.streams[source_layer][block], calibration.norms[source_layer][block],
+                         i, f"{block}_norm", source_layer)
                 xs = [_run_block(layer, block, x) for x in xs]
     finally:
         student.train(was_training)
     return fits
+
+
+@torch.no_grad()
+def _refit_norm(norm: nn.LayerNorm, fit: _AffineNormal, held: _AffineNormal, ridge: float, layer: int, block: str,
+                source_layer: int) -> BlockFit:
+    """Each channel's weight and bias by a ridge least-squares solve towards the current ones."""
+    old_w, old_b = norm.weight.double(), norm.bias.double()
+    lam = ridge * fit.nn.mean()
+    a, b, d = fit.nn + lam, fit.n, fit.count + lam
+    rw, rb = fit.ny + lam * old_w, fit.y + lam * old_b
+    det = a * d - b * b
+    new_w, new_b = (d * rw - b * rb) / det, (a * rb - b * rw) / det
+    before, after = held.error(old_w, old_b), held.error(new_w, new_b)
+    replaced = _improves(before, after)
+    if replaced:
+        norm.weight.copy_(new_w.to(norm.weight.dtype))
+        norm.bias.copy_(new_b.to(norm.bias.dtype))
+    return BlockFit(layer, block, source_layer, before, after if replaced else before, replaced)
 
 
 def _refit(dense: nn.Linear, fit: _Normal, held: _Normal, ridge: float, layer: int, block: str,
@@ -176,7 +277,7 @@ def _refit(dense: nn.Linear, fit: _Normal, held: _Normal, ridge: float, layer: i
     eye = torch.eye(len(old), dtype=torch.float64, device=old.device)
     new = torch.linalg.solve(fit.xx + lam * eye, fit.xy + lam * old)
     before, after = held.error(old), held.error(new)
-    replaced = after < before
+    replaced = _improves(before, after)
     if replaced:
         dense.weight.copy_(new[:-1].T.to(dense.weight.dtype))
         dense.bias.copy_(new[-1].to(dense.bias.dtype))

@@ -47,7 +47,7 @@ class DevelopConfig(TrainConfig):
     targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
     predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
     from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
-    reconstruct: bool = True  # compressed SuperPLM: first refit each student's output projections to the source (least squares)
+    reconstruct: bool = True  # compressed SuperPLM: first refit each student's output projections and LayerNorms to the source (least squares)
     calib_samples: int = 256  # training blocks that --reconstruct fits on (a quarter of them judge the fit), split over the ranks
     measure_latency: bool = True  # time each exported model (settings and runtime of the predictor when given)
     runtime: str = ""  # torch, onnxruntime or onnxruntime-int8; must match the predictor's when both are given

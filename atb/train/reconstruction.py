@@ -1,4 +1,5 @@
-"""Develop's first step for a compressed SuperPLM: each student's output projections refitted to the source.
+"""Develop's first step for a compressed SuperPLM: each student's output projections and LayerNorms refitted to
+the source.
 
 The source is the SuperPLM's own (its importance-ordered copy when it was reordered), so a student's units
 line up with the source's. A student's last layer is fitted to the source's last layer, as KD matches them.
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from atb.model.bert_source import build_model, read_config
-from atb.model.reconstruct import Calibration, reconstruct
+from atb.model.reconstruct import BLOCKS, Calibration, reconstruct
 from atb.train.distributed import DistEnv, sum_over_ranks
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,14 @@ def reconstruct_students(models: list[torch.nn.Module], source: str, blocks, sam
         student.to(env.device)
         fits = reconstruct(student, calibration, last_to_last=True, reduce=sum_over_ranks)
         student.cpu()
-        summaries.append({"source": str(Path(source).resolve()), "calib_samples": count,
-                          "replaced": sum(f.replaced for f in fits), "projections": len(fits),
-                          "held_out_error_before": round(sum(f.error_before for f in fits) / len(fits), 4),
-                          "held_out_error_after": round(sum(f.error_after for f in fits) / len(fits), 4)})
-        log.info("reconstructed %s: %d of %d projections refitted, held-out error %.3f -> %.3f",
-                 type(student).__name__, summaries[-1]["replaced"], len(fits),
-                 summaries[-1]["held_out_error_before"], summaries[-1]["held_out_error_after"])
+        summary = {"source": str(Path(source).resolve()), "calib_samples": count}
+        for kind, chosen in (("projections", [f for f in fits if f.block in BLOCKS]),
+                             ("layer_norms", [f for f in fits if f.block not in BLOCKS])):
+            summary[kind] = {"refitted": sum(f.replaced for f in chosen), "of": len(chosen),
+                             "held_out_error_before": round(sum(f.error_before for f in chosen) / len(chosen), 4),
+                             "held_out_error_after": round(sum(f.error_after for f in chosen) / len(chosen), 4)}
+            log.info("reconstructed %s: %d of %d %s refitted, mean held-out error %.3f -> %.3f",
+                     type(student).__name__, summary[kind]["refitted"], len(chosen), kind.replace("_", " "),
+                     summary[kind]["held_out_error_before"], summary[kind]["held_out_error_after"])
+        summaries.append(summary)
     return summaries
