@@ -38,11 +38,11 @@ class Importance:
     ffn: torch.Tensor  # [layers, ffn]
     layers: torch.Tensor  # [layers]
 
-    def order(self, within_heads: bool = False, hidden: bool = False) -> ModelOrder:
-        """Most important heads and FFN neurons first. The dims inside each head (`within_heads`) and the
-        hidden channels (`hidden`) are scored and recorded but keep the source's order by default: a
-        sub-network's LayerNorm normalises over its leading channels only, and neither magnitude order made
-        sliced sub-networks better than the source's own order (bench/RESULTS.md, reorder_gain)."""
+    def order(self, within_heads: bool = False) -> ModelOrder:
+        """Most important hidden channels, heads and FFN neurons first. The dims inside each head
+        (`within_heads`) are scored and recorded but keep the source's order by default, for the head bases
+        applied after this order to rotate. Ranking hidden channels pays off only with develop's LayerNorm
+        refit, since a sub-network's LayerNorm normalises over its leading channels only (bench/RESULTS.md)."""
         def rank(scores: torch.Tensor) -> torch.Tensor:
             return torch.argsort(scores, dim=-1, descending=True, stable=True)
 
@@ -50,7 +50,7 @@ class Importance:
             return torch.arange(scores.shape[-1]).expand_as(scores).clone()
 
         inside = rank if within_heads else kept
-        return ModelOrder((rank if hidden else kept)(self.hidden), [
+        return ModelOrder(rank(self.hidden), [
             LayerOrder(rank(self.heads[i]), inside(self.qk_dims[i]), inside(self.v_dims[i]), rank(self.ffn[i]))
             for i in range(len(self.layers))])
 
