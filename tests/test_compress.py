@@ -199,7 +199,12 @@ def test_develop_refits_students_to_the_source_on_two_ranks_as_on_one(compressed
                                      DistEnv(0, 1, 0, torch.device("cpu")))
     manifest = json.loads((out / "manifest.json").read_text())
     for row, want, before, summary in zip(manifest["models"], expected, plain, summaries):
-        assert row["reconstruction"] == summary and summary["projections"]["refitted"] > 0
+        assert summary["projections"]["refitted"] > 0
+        for kind in ("projections", "layer_norms"):  # rounded errors from sums in another order may differ by 1e-4
+            got_fits, want_fits = row["reconstruction"][kind], summary[kind]
+            assert (got_fits["refitted"], got_fits["of"]) == (want_fits["refitted"], want_fits["of"])
+            for key in ("held_out_error_before", "held_out_error_after"):
+                assert got_fits[key] == pytest.approx(want_fits[key], abs=2e-4)
         got = AutoModelForMaskedLM.from_pretrained(row["path"], trust_remote_code=True).state_dict()
         ref, old = want.state_dict(), before.state_dict()
         changed = [k for k in ref if not torch.equal(ref[k], old[k])]
