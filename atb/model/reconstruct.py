@@ -34,8 +34,11 @@ MIN_GAIN = 1e-3  # relative drop in held-out error a fit needs to replace the we
 
 @dataclass
 class BlockFit:
+    """One fit: `block` names a projection into the stream ("attention", "ffn") or the LayerNorm behind it
+    ("attention_norm", "ffn_norm"; "embeddings_norm" at layer -1)."""
+
     layer: int
-    block: str  # "attention" (attention.output.dense) or "ffn" (output.dense)
+    block: str
     source_layer: int
     error_before: float  # held-out squared error as a share of the target's variance there
     error_after: float
@@ -229,8 +232,10 @@ def reconstruct(student: nn.Module, calibration: Calibration, ridge: float = 1e-
         fit.reduce(reduce), held.reduce(reduce)
         fits.append(_refit_norm(norm, fit, held, ridge, layer, block, source_layer))
 
+    def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return base.embeddings(batch["input_ids"], batch["token_type_ids"])
+
     try:
-        embed = lambda b: base.embeddings(b["input_ids"], b["token_type_ids"])  # noqa: E731
         fit_norm(base.embeddings.LayerNorm, embed, calibration.batches, calibration.embeddings,
                  calibration.embedding_norm, -1, "embeddings_norm", -1)
         xs = [embed(b) for b in calibration.batches]
