@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atb.model.bert_source import Reduce, encoder_model
+from atb.model.bert_source import Reduce, encoder_model, run_calibration
 
 BLOCKS = ("attention", "ffn")
 MIN_GAIN = 1e-3  # relative drop in held-out error a fit needs to replace the weights it was fitted from
@@ -149,7 +149,6 @@ class Calibration:
             raise ValueError(f"{len(batches)} calibration batches but {len(held_out)} held-out flags")
         if not all(bool(b["attention_mask"].all()) for b in batches):
             raise ValueError("reconstruction runs layers without a mask: calibration blocks must have no padding")
-        source.eval()
         base = encoder_model(source)
         layers = base.encoder.layer
         embeddings: list[torch.Tensor] = []
@@ -158,12 +157,7 @@ class Calibration:
             lambda m, a, seen=streams[i][block]: seen.append(a[0].detach()))
             for i, layer in enumerate(layers) for block in BLOCKS]
         hooks.append(base.embeddings.LayerNorm.register_forward_pre_hook(lambda m, a: embeddings.append(a[0].detach())))
-        try:
-            for batch in batches:
-                base(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        finally:
-            for h in hooks:
-                h.remove()
+        run_calibration(base, batches, hooks, real={})  # the hooks record every token: none is padding
         norms = [{block: copy.deepcopy(_output(layer, block).LayerNorm) for block in BLOCKS} for layer in layers]
         return cls(batches, list(held_out), embeddings, streams, copy.deepcopy(base.embeddings.LayerNorm), norms)
 
