@@ -14,8 +14,11 @@ import functools
 import inspect
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import tokenize
 import types
 import typing
@@ -101,6 +104,7 @@ def _entry(cls: type[C], run: Callable[[C], Any], prog: str, help_only: bool = F
         except USER_ERRORS as err:
             _user_error(prog, err.args[0] if isinstance(err, KeyError) and err.args else err)
         if "torch.distributed" in sys.modules:  # a finished multi-rank job: see exit_after_success
+            # imported here so that a tool's input errors come without importing torch
             from atb.train.distributed import exit_after_success
 
             exit_after_success()
@@ -151,10 +155,6 @@ def _user_error(prog: str, message: Any) -> None:
     """One line on stderr, exit 2. Under a launcher every rank reads the same inputs, so rank 0 reports and
     the others wait for it: it reaches the same error and the launcher ends them, with the same code and
     no second message, instead of rank 0 dying in a collective that this rank left."""
-    import os
-    import signal
-    import time
-
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and rank != 0:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,9 +87,6 @@ class FinetuneConfig:
 
 def finished_record(cfg: FinetuneConfig) -> dict | None:
     """metrics.json of an earlier run of this very config in --out_dir: a re-run has nothing left to do."""
-    import dataclasses
-    import json
-
     path = Path(cfg.out_dir) / "metrics.json"
     if cfg.overwrite or not path.is_file():
         return None

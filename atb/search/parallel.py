@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch.distributed as dist
+
 from atb.latency.features import arch_flops
 from atb.space import Arch
 
@@ -50,24 +52,21 @@ class TorchComm:
     """Object collectives over an initialised torch.distributed group (gloo on CPU, NCCL on GPU)."""
 
     def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
 
     def broadcast(self, obj: Any) -> Any:
         box = [obj if self.rank == 0 else None]
-        self._dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def all_gather(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        self._dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
-        self._dist.barrier()
+        dist.barrier()
 
 
 def evaluation_cost(arch: Arch, seq_len: int = 128, vocab_size: int = 30522) -> float:

@@ -13,6 +13,7 @@ cuBLAS may differ in the last bits, which only matters for near-ties).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,6 @@ def build_fitness(cfg: SearchConfig, model, meta: dict[str, Any], weights: Path,
     if cfg.fitness == "kd":
         projection = load_kd_projection(weights)
         if projection is None:
-            import warnings
-
             warnings.warn(f"{weights} carries no trained KD projection: the KD fitness uses the attention term alone "
                           "(pass the DeepSpeed checkpoint dir, which holds the projection, for the hidden-state term)")
     return DevLossFitness(model, batches, device, cfg.fitness, teacher, projection)

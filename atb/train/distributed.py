@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,6 @@ def accelerator_name() -> str:
 
 def init_distributed(timeout_s: int = 1800) -> DistEnv:
     import deepspeed
-    import torch.distributed as dist
-
     on_cpu = accelerator_name() == "cpu"
     if on_cpu:
         _skip_shared_memory_comm_op()
@@ -69,8 +70,6 @@ def _shut_down() -> None:
     """Destroy the process group before the interpreter tears down: left to static destructors, gloo's
     worker threads were sometimes still joinable and the rank died with SIGABRT ("terminate called
     without an active exception") after a run had finished and saved everything."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -84,11 +83,6 @@ def exit_after_success() -> None:
     OS does not do better, so skip the destructors; errors still exit through the normal path with
     their own exit code.
     """
-    import logging
-    import sys
-
-    import torch.distributed as dist
-
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return
     dist.barrier()
@@ -102,16 +96,12 @@ def exit_after_success() -> None:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.barrier()
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """`t` summed over all ranks (a new tensor; `t` itself when there is one rank)."""
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t)
