@@ -57,14 +57,14 @@ def from_model_space(dims) -> SearchSpace:
     return SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn))
 
 
-def ordered_supernet(folder, importance, dims, tmp_path):
+def ordered_supernet(folder, importance, dims, tmp_path, pooler=False):
     """The supernet of the from_model space initialised from `folder` reordered by every score."""
     order = importance.order(within_heads=True)
     space = from_model_space(dims)
     write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
     ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
     supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
-                                         max_position_embeddings=dims.max_positions)).eval()
+                                         max_position_embeddings=dims.max_positions, pooler=pooler)).eval()
     init_from_pretrained(supernet, ordered)
     return supernet, order
 
@@ -81,6 +81,34 @@ def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimato
         expected = build_model(folder, read_config(folder))(**batch).last_hidden_state[..., order.hidden]
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_cls_sources_pooler_rides_frozen_into_every_export(tmp_path):
+    """The source's [CLS] pooler is carried (frozen) by the SuperPLM: the largest export's pooled output is the
+    source's, and a smaller export's classifier loads its pooler rather than starting one at random."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    from atb.model import tiny
+    from atb.model.extract import extract
+
+    folder = save_random_bert(tmp_path / "bert")
+    importance, dims = importance_of(folder)
+    supernet, order = ordered_supernet(folder, importance, dims, tmp_path, pooler=True)
+    assert not any(p.requires_grad for p in supernet.bert.pooler.parameters())
+    batch = padded_batch()
+    largest = extract(supernet, supernet.space.largest(), tmp_path / "largest")
+    with torch.no_grad():
+        expected = build_model(folder, read_config(folder))(**batch).pooler_output
+        torch.testing.assert_close(BertModel.from_pretrained(largest)(**batch).pooler_output, expected,
+                                   atol=1e-5, rtol=1e-5)
+    reference = build_model(tmp_path / "ordered", read_config(tmp_path / "ordered")).pooler.dense.weight
+    for arch, cls in (("L1_H24_A4_Q24_F32", BertForSequenceClassification),
+                      ("L2_H32_A4_Q16_F48", tiny.TinyBertForSequenceClassification)):
+        hidden = Arch.parse(arch).hidden
+        model, info = cls.from_pretrained(extract(supernet, Arch.parse(arch), tmp_path / arch), num_labels=2,
+                                          output_loading_info=True)
+        assert all(key.startswith("classifier.") for key in info["missing_keys"]), info["missing_keys"]
+        torch.testing.assert_close(model.bert.pooler.dense.weight, reference[:hidden, :hidden])
 
 
 def test_importance_file_round_trip_and_staleness(tmp_path):

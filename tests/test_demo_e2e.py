@@ -19,6 +19,7 @@ from conftest import PYTHON, REPO
 from launching import DIST_ENV
 
 from atb.demo.pipeline import SIZES
+from atb.model.bert_source import load_state
 
 
 def small_source(folder):
@@ -62,6 +63,11 @@ def test_micro_demo_end_to_end(tmp_path, source):
     assert [t["target"] for t in results["targets"]] == SIZES["micro"].targets.split(",")
     manifest = json.loads((out / "develop" / "manifest.json").read_text())["models"]
     assert len(manifest) >= 3
+    if source == "small":  # a [CLS]-pooling source: its pooler passes through pre-training and development frozen
+        pooler = load_state(out / "pretrain" / "source_ordered")["bert.pooler.dense.weight"]
+        for row in manifest:
+            hidden = row["arch"]["hidden"]
+            assert torch.equal(load_state(row["path"])["bert.pooler.dense.weight"], pooler[:hidden, :hidden])
     ids = torch.randint(1000, 2000, (1, 16))
     for row in manifest:
         model = AutoModelForMaskedLM.from_pretrained(row["path"], trust_remote_code=True).eval()

@@ -117,6 +117,11 @@ def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Te
     return {("bert." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v for k, v in state.items()}
 
 
+def has_pooler(folder: str | Path) -> bool:
+    """Whether the folder's weights hold BERT's [CLS] pooler."""
+    return "bert.pooler.dense.weight" in load_state(folder)
+
+
 def build_model(folder: str | Path, config: dict[str, Any], with_mlm_head: bool = False) -> torch.nn.Module:
     """The folder as an eval-mode transformers model (encoder, or MaskedLM when asked), without remote code."""
     if config["model_type"] == "bert":

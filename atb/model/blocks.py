@@ -39,6 +39,9 @@ class SuperBertConfig:
     # the sentence vector an exported classifier reads (cls or mean: tiny.TinyBertPooler); a compressed
     # source's own, so that its sub-networks are fine-tuned the way it was trained
     classifier_pooling: str = "cls"
+    # whether the SuperPLM carries its source's [CLS] pooler (frozen: no objective here trains it), so that a
+    # [CLS] classifier fine-tuned from an export starts from the source's pooler, as from the source itself
+    pooler: bool = False
 
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_spec(self.space)
@@ -201,19 +204,36 @@ class Encoder(nn.Module):
                 for name, t in prefixed(f"layer.{i}", layer.sub_state_dict(arch, heads)).items()}
 
 
+class Pooler(nn.Module):
+    """BERT's pooler: the [CLS] state through dense + tanh. Nothing in pre-training reads it, so it is frozen."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.dense = ElasticLinear(hidden, hidden)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
+        return torch.tanh(self.dense(x[:, 0], hidden, hidden))
+
+    def sub_state_dict(self, hidden: int) -> dict[str, torch.Tensor]:
+        return prefixed("dense", self.dense.sub_state_dict(hidden, hidden))
+
+
 class BertCore(nn.Module):
     def __init__(self, cfg: SuperBertConfig, largest: Arch):
         super().__init__()
         self.embeddings = Embeddings(cfg, largest.hidden)
         self.encoder = Encoder(cfg, largest)
+        self.pooler = Pooler(largest.hidden) if cfg.pooler else None
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, mask: torch.Tensor | None,
                 arch: Arch, heads: HeadSlice, want_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.encoder(self.embeddings(input_ids, token_type_ids, arch.hidden), mask, arch, heads, want_scores)
 
     def sub_state_dict(self, arch: Arch, heads: HeadSlice) -> dict[str, torch.Tensor]:
+        pooler = {} if self.pooler is None else prefixed("pooler", self.pooler.sub_state_dict(arch.hidden))
         return {**prefixed("embeddings", self.embeddings.sub_state_dict(arch.hidden)),
-                **prefixed("encoder", self.encoder.sub_state_dict(arch, heads))}
+                **prefixed("encoder", self.encoder.sub_state_dict(arch, heads)), **pooler}
 
 
 class PredictionHeadTransform(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
+from transformers.models.bert.modeling_bert import BertPooler
 
 from atb.fsutil import atomic_dir, file_sha256, write_json_atomic
 from atb.model import tiny
@@ -68,9 +69,13 @@ def default_model_config(seq: int, vocab_size: int = 30522) -> SuperBertConfig:
 
 
 def new_masked_lm(arch: Arch, cfg: SuperBertConfig) -> PreTrainedModel:
-    """A freshly initialised exported-format model of `arch` (what latency is measured on)."""
-    model_cls = BertForMaskedLM if is_stock_bert(arch, cfg) else tiny.TinyBertForMaskedLM
-    return model_cls(hf_config_for(arch, cfg))
+    """A freshly initialised exported-format model of `arch` (what latency is measured on), with a slot for
+    the SuperPLM's pooler when it carries one (frozen, like the SuperPLM's)."""
+    stock = is_stock_bert(arch, cfg)
+    model = (BertForMaskedLM if stock else tiny.TinyBertForMaskedLM)(hf_config_for(arch, cfg))
+    if cfg.pooler:  # a MaskedLM model has no pooler of its own; saved with it, the export's classifiers load it
+        model.bert.pooler = (BertPooler if stock else tiny.TinyBertPooler)(model.config).requires_grad_(False)
+    return model
 
 
 def extract(super_model: SuperBert, arch: Arch, out_dir: str | Path, tokenizer: str | Path | None = None,
