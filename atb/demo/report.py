@@ -61,8 +61,6 @@ REFERENCES = {"source": "source model, fine-tuned the same way", "tfidf": "TF-ID
 
 
 def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s: float) -> Path:
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
     lines = ["# atb demo report", "",
              "The source encoder's heads, neurons and channels ordered by importance, distilled into a SuperPLM on "
              "the built-in corpus, latency predicted for this machine, architectures searched for each target, "
@@ -75,16 +73,28 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
              "fine-tuning).", ""]
     lines += _rows_used(out, tasks)
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
-    lines += ["## Models", "",
-              "| arch | target | params (M) | predicted ms | measured ms | speed-up vs source | ORT int8 ms | "
-              "ORT int8 speed-up | dev KD loss | " + " | ".join(f"{t} acc (majority) | retained" for t in tasks) + " |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(tasks)]
+    accs = {(task, name): accuracy(_read(finetune_dir(out, task, name) / "metrics.json"))[0]
+            for name in [row["arch_name"] for row in manifest["models"]] + list(REFERENCES) for task in tasks}
+    lines += _models_table(out, tasks, manifest, accs)
+    lines += _paper_claim_table(out, tasks, accs)
+    lines += _sanity_line(_read(out / "search" / "results.json") or {})
+    lines += _plots(out)
+    lines += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {sec:.0f} |" for name, sec in timings.items()]
+    lines += [f"| total (this invocation) | {total_s:.0f} |", ""]
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(lines) + "\n")
+    return report
+
+
+def _models_table(out: Path, tasks: list[str], manifest: dict, accs: dict[tuple[str, str], float | None]) -> list[str]:
+    """Every developed model and the two references: size, latencies, KD loss and each task's accuracy."""
+    lines = ["## Models", "",
+             "| arch | target | params (M) | predicted ms | measured ms | speed-up vs source | ORT int8 ms | "
+             "ORT int8 speed-up | dev KD loss | " + " | ".join(f"{t} acc (majority) | retained" for t in tasks) + " |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(tasks)]
     deployed = _read(out / "deploy" / "latency.json") or {"ms": {}}
     ort = deployed["ms"]
-    accs: dict[tuple[str, str], float | None] = {}
-    for name in [row["arch_name"] for row in manifest["models"]] + list(REFERENCES):
-        for task in tasks:
-            accs[(task, name)] = accuracy(_read(finetune_dir(out, task, name) / "metrics.json"))[0]
     for row in manifest["models"] + [{"arch_name": name, "target": label} for name, label in REFERENCES.items()]:
         cells = []
         for task in tasks:
@@ -100,11 +110,15 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
                      f"{_fmt(row.get('speedup_vs_largest'))} | {_fmt(ort.get(row['arch_name']))} | "
                      f"{_fmt(_ratio(ort.get('source'), ort.get(row['arch_name'])))} | "
                      f"{_fmt(row.get('dev_loss'), '.3f')} | " + " | ".join(cells) + " |")
-    lines += _deploy_note(deployed)
+    return lines + _deploy_note(deployed)
+
+
+def _paper_claim_table(out: Path, tasks: list[str], accs: dict[tuple[str, str], float | None]) -> list[str]:
+    """Each target's searched arch against the BERT-ratio arch of the same latency, per task."""
     pairs = (_read(out / "develop_picks.json") or {}).get("pairs", {})
-    lines += ["", "## The paper's claim: searched arch vs BERT-ratio arch at the same latency", "",
-              "| task | target | searched arch | acc | BERT-ratio arch | acc | searched better |",
-              "|---|---|---|---:|---|---:|---|"]
+    lines = ["", "## The paper's claim: searched arch vs BERT-ratio arch at the same latency", "",
+             "| task | target | searched arch | acc | BERT-ratio arch | acc | searched better |",
+             "|---|---|---|---:|---|---:|---|"]
     for task in tasks:
         for target, pair in pairs.items():
             s, b = accs.get((task, pair["searched"])), accs.get((task, pair["baseline"]))
@@ -114,27 +128,30 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
                 verdict = "-" if s is None or b is None else ("yes" if s > b else ("tie" if s == b else "no"))
             lines.append(f"| {task} | {target} | {pair['searched']} | {_fmt(s, '.3f')} | {pair['baseline']} | "
                          f"{_fmt(b, '.3f')} | {verdict} |")
-    search = _read(out / "search" / "results.json") or {}
+    return lines
+
+
+def _sanity_line(search: dict) -> list[str]:
     sanity = search.get("sanity", {})
     if sanity.get("warning"):
-        lines += ["", f"Search sanity check: {sanity['warning']}"]
-    elif sanity:
-        lines += ["", "Search sanity check: the largest sub-network scores best, as it should."]
-    lines += ["", "## Plots", ""]
+        return ["", f"Search sanity check: {sanity['warning']}"]
+    return ["", "Search sanity check: the largest sub-network scores best, as it should."] if sanity else []
+
+
+def _plots(out: Path) -> list[str]:
+    """The pre-training loss, the Pareto front and the latency fit, copied under plots/ and linked."""
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = ["", "## Plots", ""]
     if plot_pretrain_loss(out / "pretrain" / "metrics.jsonl", plots / "pretrain_loss.png"):
         lines.append("![pre-training loss](plots/pretrain_loss.png)")
+    latency_plot = next(iter(sorted((out / "latency").rglob("*.png"))), None) if (out / "latency").is_dir() else None
     for src, name, title in ((out / "search" / "pareto.png", "pareto.png", "Pareto front"),
-                             (next(iter(sorted((out / "latency").rglob("*.png"))), None) if (out / "latency").is_dir()
-                              else None, "latency_fit.png", "predicted vs measured latency")):
+                             (latency_plot, "latency_fit.png", "predicted vs measured latency")):
         if src is not None and Path(src).is_file():
             shutil.copyfile(src, plots / name)
             lines.append(f"![{title}](plots/{name})")
-    lines += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {sec:.0f} |" for name, sec in timings.items()]
-    lines += [f"| total (this invocation) | {total_s:.0f} |", ""]
-    report = out / "report.md"
-    write_text_atomic(report, "\n".join(lines) + "\n")
-    return report
+    return lines
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -56,7 +56,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
     staging = open_staging(out_dir) if os.environ.get("RANK", "0") == "0" else staging_path(out_dir)
-    deepspeed, ds_overrides = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
+    ds_setup = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
     tokenizer = _load_tokenizer(cfg, model_dir, trust_code)
     set_seed(cfg.seed)  # the new head's initial weights
@@ -75,32 +75,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     else:
         train_features = classification.encode(train_examples, tokenizer, cfg.max_seq_len)
 
-    args = TrainingArguments(
-        output_dir=str(staging / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
-        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
-        logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train_features,
-                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    trainer = _trainer(cfg, model, tokenizer, train_features, staging, *ds_setup)
     started = time.perf_counter()
     train_output = trainer.train()
     train_time = time.perf_counter() - started
-    # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
-    # the scoring below reads them in the dataset's order
-    trainer.args.train_sampling_strategy = "random"
-
     started = time.perf_counter()
-    results, qa_predictions = {}, {}
-    for split, examples in eval_examples.items():
-        if task.task_type == "qa":
-            results[split], qa_predictions[split] = _evaluate_qa(trainer, examples, tokenizer, cfg)
-        else:
-            results[split] = _evaluate_text(trainer, task, examples, tokenizer, cfg.max_seq_len)
+    results, qa_predictions = _evaluate(trainer, task, eval_examples, tokenizer, cfg)
     eval_time = time.perf_counter() - started
 
     record = {
@@ -126,6 +106,44 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "notes": task.notes,
         **config_record(cfg),
     }
+    _publish(trainer, staging, out_dir, model_dir, record, qa_predictions)
+    return record
+
+
+def _trainer(cfg: FinetuneConfig, model: PreTrainedModel, tokenizer: Any, train_features: datasets.Dataset,
+             staging: Path, deepspeed: dict[str, Any] | None, ds_overrides: dict[str, Any]) -> Trainer:
+    args = TrainingArguments(
+        output_dir=str(staging / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
+        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
+    )
+    return Trainer(model=model, args=args, train_dataset=train_features,
+                   data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+
+
+def _evaluate(trainer: Trainer, task: Task, eval_examples: dict[str, datasets.Dataset], tokenizer: Any,
+              cfg: FinetuneConfig) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Scores per evaluation split, and for QA the predicted answers per split."""
+    # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
+    # the scoring below reads them in the dataset's order
+    trainer.args.train_sampling_strategy = "random"
+    results, qa_predictions = {}, {}
+    for split, examples in eval_examples.items():
+        if task.task_type == "qa":
+            results[split], qa_predictions[split] = _evaluate_qa(trainer, examples, tokenizer, cfg)
+        else:
+            results[split] = _evaluate_text(trainer, task, examples, tokenizer, cfg.max_seq_len)
+    return results, qa_predictions
+
+
+def _publish(trainer: Trainer, staging: Path, out_dir: Path, model_dir: Path, record: dict[str, Any],
+             qa_predictions: dict[str, dict[str, str]]) -> None:
+    """The fine-tuned model, the QA predictions and metrics.json, appearing in `out_dir` in one rename."""
     trainer.save_model(str(staging / "model"))  # collective under ZeRO-3: every rank takes part
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
@@ -138,7 +156,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             trainer_dir.rmdir()
         publish_staging(staging, out_dir)
     trainer.accelerator.wait_for_everyone()
-    return record
 
 
 def _publish_baseline(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -89,9 +89,22 @@ def load_teacher(cfg: TrainConfig, env: DistEnv, config: dict[str, Any], tokeniz
     return teacher
 
 
-def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, config: dict[str, Any]) -> dict[str, Any]:
+def start_engine(job: Job, config: dict[str, Any], ckpt_dir: Path, tag: str | None, trust_checkpoint: bool):
+    """The DeepSpeed engine over the job's module and the step it starts at: 0, or checkpoint `tag`'s."""
     import deepspeed
 
+    engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
+    if tag is None:
+        return engine, 0
+    with trusted_checkpoint(ckpt_dir / tag, trust_checkpoint):
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if client is None:
+        raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    divergence.apply_configured_lr(engine)
+    return engine, int(client["step"])
+
+
+def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, config: dict[str, Any]) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     done = None if cfg.overwrite else completion.finished_summary(out, cfg.steps)
@@ -103,16 +116,7 @@ def run_session(cfg: TrainConfig, env: DistEnv, tokenizer, blocks, job: Job, con
         for action in litter.sweep(out):
             print(f"{job.name}: {action} (left by an interrupted run)")
     tag = find_resume_tag(cfg, ckpt_dir, env, config)
-    engine, _, _, _ = deepspeed.initialize(model=job.module, model_parameters=job.module.parameters(), config=config)
-    start_step = 0
-    if tag is not None:
-        with trusted_checkpoint(ckpt_dir / tag, cfg.trust_checkpoint):
-            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        if client is None:
-            raise checkpointing.CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
-        start_step = int(client["step"])
-        divergence.apply_configured_lr(engine)
-
+    engine, start_step = start_engine(job, config, ckpt_dir, tag, cfg.trust_checkpoint)
     record = {**config_record(cfg), "job": job.name, "ds_config": config, "world_size": env.world_size,
               "resumed_from": tag}
     tracker = Tracker(out, cfg.report_to, record, project=cfg.wandb_project, enabled=env.is_main)
