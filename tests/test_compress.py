@@ -191,6 +191,11 @@ def test_pretrain_from_a_source_distils_it_into_an_ordered_supernet(data, source
     assert record["config"]["classifier_pooling"] == "mean"  # the source's sentence vector, for its exports
     imported = json.loads((out / "importance.json").read_text())
     assert imported["estimator"] == "activation" and imported["samples"] == 16
+    # searched without --fitness, it is scored by its KD loss to the teacher it was distilled from
+    run_tool("search", ["--checkpoint", out / "supernet", "--targets", "2x", "--preset", "tiny", "--plot", "false",
+                        "--progress", "false", "--out_dir", tmp_path / "search"])
+    searched = json.loads((tmp_path / "search" / "results.json").read_text())["config"]
+    assert (searched["fitness"], searched["teacher"]) == ("kd", record["meta"]["teacher"])
     # a re-run with another source in the same run directory: the importance file is stale
     other = save_random_bert(tmp_path / "other", vocab=data[2], seed=3)
     for item in data[1].iterdir():

@@ -256,3 +256,25 @@ def test_search_with_a_saved_atb_latency_predictor_and_ms_targets(tmp_path):
     state = run_search_loop(spec, proposer, CountingFitness(), LocalComm())
     best = proposer.ranked(target, state.evaluated)[0]
     assert target.low <= float(loaded.predict([best.arch])[0]) <= target.high
+
+
+def test_fitness_auto_searches_a_distilled_superplm_by_its_kd_loss_to_its_own_teacher():
+    """The MLM head of a SuperPLM distilled from a teacher was never trained: its default fitness is the KD loss
+    to the recorded teacher (or to --teacher), and a SuperPLM trained with MLM keeps the MLM loss."""
+    from atb.search.config import SearchConfig
+
+    distilled = {"objective": "kd", "teacher": "/runs/pre/source_ordered"}
+    cfg = SearchConfig(checkpoint="ck")
+    cfg.adopt_fitness(distilled)
+    assert (cfg.fitness, cfg.teacher) == ("kd", "/runs/pre/source_ordered")
+    cfg = SearchConfig(checkpoint="ck", teacher="other")
+    cfg.adopt_fitness(distilled)
+    assert (cfg.fitness, cfg.teacher) == ("kd", "other")
+    cfg = SearchConfig(checkpoint="ck", fitness="cka")
+    cfg.adopt_fitness(distilled)
+    assert (cfg.fitness, cfg.teacher) == ("cka", "/runs/pre/source_ordered")
+    cfg = SearchConfig(checkpoint="ck")
+    cfg.adopt_fitness({"objective": "mlm"})
+    assert (cfg.fitness, cfg.teacher) == ("mlm", None)
+    with pytest.raises(ValueError, match="--fitness kd needs --teacher"):
+        SearchConfig(checkpoint="ck", fitness="kd").adopt_fitness({"objective": "mlm"})

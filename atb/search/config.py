@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from atb.search.settings import METHODS, Band, EvolutionSettings, settings_from
 
@@ -36,7 +37,7 @@ class SearchConfig:
     budget: int = 0  # random/fast: candidates per target (0 = what evolution would evaluate)
     seed: int = 0  # of the proposals (evolution, random sampling)
     # fitness
-    fitness: str = "mlm"  # mlm | kd (dev loss on held-out corpus blocks) | cka (likeness to the teacher's representation there) | finetune (quick fine-tune on --task)
+    fitness: str = "auto"  # auto (the SuperPLM's own objective: kd for a distilled one, else mlm) | mlm | kd (dev loss on held-out corpus blocks) | cka (likeness to the teacher's representation there) | finetune (quick fine-tune on --task)
     # the data settings below default to those the checkpoint recorded when it was pre-trained
     corpus: list[str] | None = None  # the pre-training corpus (its dev split is held out from training)
     dev_data: str = ""  # instead of --corpus: a safetensors file of masked dev batches (atb.search.dev_data.save_dev_batches)
@@ -46,7 +47,7 @@ class SearchConfig:
     data_seed: int | None = None  # pre-training's --seed (it splits train/dev)
     batch_size: int = 16  # dev batch size of the loss fitness
     dev_batches: int = 0  # cap on dev batches per evaluation (0 = all)
-    teacher: str | None = None  # kd: transformers encoder folder
+    teacher: str | None = None  # kd, cka: transformers encoder folder (default: the teacher the SuperPLM was distilled from)
     task: str | None = None  # finetune: task folder (as tools/finetune.py) or a built-in task, e.g. sms_spam
     finetune_epochs: float = 1.0  # finetune: epochs of each quick fine-tune
     finetune_train_samples: int = 2000  # a seeded subset of the task's train split, the same for every arch
@@ -56,6 +57,17 @@ class SearchConfig:
     plot: bool = True  # write pareto.png
     progress: bool = True  # show a progress bar
     local_rank: int = -1  # set by the deepspeed launcher; LOCAL_RANK from the environment wins
+
+    def adopt_fitness(self, meta: dict[str, Any]) -> None:
+        """Resolve `--fitness auto` and a KD/CKA teacher left out from the SuperPLM's record `meta`: a SuperPLM
+        distilled from a teacher is searched by its KD loss to that teacher, whose MLM head nothing trained."""
+        if self.fitness == "auto":
+            self.fitness = "kd" if meta.get("objective") == "kd" and meta.get("teacher") else "mlm"
+        if self.fitness in ("kd", "cka") and not self.teacher:
+            self.teacher = meta.get("teacher")
+            if not self.teacher:
+                raise ValueError(f"--fitness {self.fitness} needs --teacher (the transformers encoder the SuperPLM "
+                                 f"was distilled from); {self.checkpoint} records none")
 
     def evolution_settings(self) -> EvolutionSettings:
         names = ("population", "parents", "mutations", "crossovers", "mutation_prob", "explore_rate", "generations",
@@ -70,11 +82,8 @@ class SearchConfig:
             raise ValueError("--checkpoint is required (a SuperPLM folder or a DeepSpeed checkpoint dir)")
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
-        if self.fitness not in FITNESSES:
-            raise ValueError(f"--fitness must be one of {FITNESSES}, got {self.fitness!r}")
-        if self.fitness in ("kd", "cka") and not self.teacher:
-            raise ValueError(f"--fitness {self.fitness} needs --teacher (the transformers encoder the SuperPLM was "
-                             "distilled from)")
+        if self.fitness not in ("auto", *FITNESSES):
+            raise ValueError(f"--fitness must be auto or one of {FITNESSES}, got {self.fitness!r}")
         if self.fitness == "finetune" and not self.task:
             raise ValueError("--fitness finetune needs --task (a task folder with train/dev files, or a built-in task)")
         for name in ("budget", "dev_batches", "stop_after_generation", "seq_len"):

@@ -177,6 +177,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any] | None:
     comm, device = start_ranks()
     out_dir = Path(cfg.out_dir)
     model, meta, weights = load_weights(cfg.checkpoint, out_dir, comm, cfg.trust_checkpoint)
+    cfg.adopt_fitness(meta)
     adopt_search_data(cfg, meta, comm.rank == 0)
     model = model.to(device).eval()
     space = searched_space(cfg.space, model.space, meta)
