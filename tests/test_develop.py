@@ -73,6 +73,18 @@ def test_develop_rejects_bad_input(corpus_and_tokenizer, supernet, tmp_path):  #
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+def test_a_latency_check_the_students_cannot_take_is_refused_before_training():
+    """The export times sequences of the predictor's length (default 128): students with fewer positions are
+    refused up front, not after the training the check follows."""
+    from atb.train.develop import DevelopConfig
+    from atb.train.develop_export import check_latency_measurable
+
+    with pytest.raises(ValueError, match="times 128-token sequences, but the SuperPLM's models hold 64 positions"):
+        check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), 64)
+    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), 128)
+    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A], measure_latency=False), 64)
+
+
 def test_students_start_at_the_supernets_kd_loss_through_its_projection():
     """A developed student begins exactly where its sub-network of the SuperPLM stands, projection included:
     its first KD loss equals the search's proxy for that arch (not a random projection's)."""

@@ -289,3 +289,19 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                            "--out", str(tmp_path / "p")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("latency fit: error: latency table not found")
+
+
+def test_a_predictor_its_held_out_archs_show_broken_is_refused():
+    """Worse than a constant (R² < 0) and worse than the linear fit on the held-out archs: refused. Either
+    alone is not (a few held-out archs of near-equal latency can give a good predictor a negative R²)."""
+    from atb.latency.evaluation import check_usable
+
+    def metrics(r2, mape, linear_mape):
+        return {"n_train": 9, "n_test": 3, "test": {"predictor": {"r2": r2, "mape": mape},
+                                                    "linear": {"r2": 0.5, "mape": linear_mape}}}
+
+    with pytest.raises(ValueError, match="worse than a constant and than a linear fit"):
+        check_usable(metrics(-3.0, 0.9, 0.2), "t.jsonl")
+    check_usable(metrics(-3.0, 0.05, 0.2), "t.jsonl")
+    check_usable(metrics(0.6, 0.3, 0.2), "t.jsonl")
+    check_usable(metrics(float("nan"), 0.3, 0.2), "t.jsonl")

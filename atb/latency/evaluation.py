@@ -108,6 +108,19 @@ def fit_and_evaluate(rows: list[dict[str, Any]], table_name: str = "table", test
     return result
 
 
+def check_usable(metrics: dict[str, Any], table_name: str) -> None:
+    """Refuse a predictor that its own held-out archs show broken: one that misses them by more than a constant
+    would (R² < 0) and by more than the linear fit does. Saved, it would only move the failure into the search,
+    e.g. as a small arch predicted slower than the largest (a few training archs cannot pin every term)."""
+    predictor, linear = metrics["test"]["predictor"], metrics["test"]["linear"]
+    if predictor["r2"] < 0 and predictor["mape"] > linear["mape"]:
+        raise ValueError(f"the predictor fitted on {metrics['n_train']} archs of {table_name} predicts the "
+                         f"{metrics['n_test']} held-out archs worse than a constant and than a linear fit (MAPE "
+                         f"{predictor['mape']:.0%}, the linear fit's {linear['mape']:.0%}): the table is too small "
+                         "or too noisy for this space; measure more archs (tools/latency.py measure --n) and fit "
+                         "again. Nothing was written")
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A small table for the terminal and the bench."""
     lines = [f"held-out archs: {metrics['n_test']} (trained on {metrics['n_train']}; ridge {metrics['ridge']:g})",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from atb.deploy.runtime import check_same_runtime
-from atb.latency.evaluation import fit_and_evaluate, format_metrics
+from atb.latency.evaluation import check_usable, fit_and_evaluate, format_metrics
 from atb.latency.measure import MeasureSettings, device_description, measure_latency
 from atb.latency.predictor import FitOptions, LatencyPredictor
 from atb.latency.sampling import sample_archs
@@ -118,8 +118,9 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     check_same_runtime(rows[0]["settings"]["runtime"], cfg.runtime, f"latency table {cfg.table}")
     options = FitOptions(terms=cfg.terms, ridge=cfg.ridge, ensemble=cfg.ensemble, seed=cfg.seed)
     result = fit_and_evaluate(rows, cfg.table, cfg.test_fraction, cfg.seed, cfg.statistic, options, cfg.refit_all)
-    result.predictor.save(cfg.out, overwrite=cfg.overwrite)
     print(f"runtime {rows[0]['settings']['runtime']}: " + format_metrics(result.metrics))
+    check_usable(result.metrics, cfg.table)
+    result.predictor.save(cfg.out, overwrite=cfg.overwrite)
     if cfg.plot:
         from atb.latency.plot import plot_fit
 

@@ -26,7 +26,7 @@ from atb.search.outputs import read_results
 from atb.space import Arch
 from atb.train.config import TrainConfig
 from atb.train.consolidate import load_supernet_or_checkpoint
-from atb.train.develop_export import export_students
+from atb.train.develop_export import check_latency_measurable, export_students
 from atb.train.distributed import DistEnv, barrier, init_distributed
 from atb.train.job import Job
 from atb.train.objectives import Teacher
@@ -150,6 +150,7 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
     env = init_distributed()
     out = Path(cfg.out_dir)
     supernet, meta = load_supernet_or_checkpoint(cfg.supernet, cfg.trust_checkpoint)
+    check_latency_measurable(cfg, supernet.config.max_position_embeddings)
     adopt_recorded_data(cfg, meta, DEVELOP_DATA_FIELDS, cfg.supernet, "develop", env.is_main)
     picks = picks_from_config(cfg, supernet)
     if cfg.objective == "auto":  # the SuperPLM's own objective, and its teacher when it was distilled

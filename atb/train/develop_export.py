@@ -72,6 +72,19 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
     return rows
 
 
+def check_latency_measurable(cfg, max_positions: int) -> None:
+    """Before training rather than after it: the export's latency check times sequences as long as the
+    predictor's (or the default), which the students must have the positions for."""
+    if not cfg.measure_latency:
+        return
+    predictor = _load_predictor(cfg.predictor)
+    seq = MeasureSettings(**predictor.settings).seq if predictor is not None else MeasureSettings().seq
+    if seq > max_positions:
+        raise ValueError(f"the latency check times {seq}-token sequences, but the SuperPLM's models hold "
+                         f"{max_positions} positions; fit the predictor on a table measured with --seq "
+                         f"{max_positions} or less, or pass --measure_latency false")
+
+
 def _load_predictor(path: str):
     if not path:
         return None
