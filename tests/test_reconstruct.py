@@ -114,6 +114,17 @@ def test_a_sliced_sub_network_moves_towards_the_source_on_unseen_blocks(source, 
     assert error() < 0.8 * before
 
 
+def test_a_student_that_is_the_source_keeps_every_weight(source):
+    """The largest sub-network rebuilds its source exactly, so its fits can only gain rounding, and rounding
+    must never replace a weight: ranks that sum their equations in another order would keep different ones."""
+    folder, model = source
+    student = sliced(folder, Arch.parse("L3_H32_A4_Q32_F64"))
+    before = copy.deepcopy(student.state_dict())
+    fits = reconstruct(student, calibration(model))
+    assert all(f.error_before < 1e-6 for f in fits) and not any(f.replaced for f in fits)
+    assert all(torch.equal(before[name], weight) for name, weight in student.state_dict().items())
+
+
 def test_last_to_last_matches_the_sources_last_layer(source):
     folder, model = source
     student = sliced(folder, Arch.parse("L2_H32_A4_Q32_F32"))

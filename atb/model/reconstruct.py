@@ -30,6 +30,9 @@ from atb.model.bert_source import Reduce, encoder_model, run_calibration
 
 BLOCKS = ("attention", "ffn")
 MIN_GAIN = 1e-3  # relative drop in held-out error a fit needs to replace the weights it was fitted from
+# ... and absolute (as a share of the target's variance): below it the student already rebuilds the source up
+# to the rounding of the summed equations, and a "gain" is that rounding
+ERROR_FLOOR = 1e-6
 
 
 @dataclass
@@ -114,7 +117,7 @@ class _AffineNormal:
 def _improves(before: float, after: float) -> bool:
     """Whether a fit's held-out error is measurably lower: a tie decided by float rounding would make ranks
     that sum their equations in another order keep different weights."""
-    return after < before * (1 - MIN_GAIN)
+    return after < before * (1 - MIN_GAIN) and before - after > ERROR_FLOOR
 
 
 def _first(out):
