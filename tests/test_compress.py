@@ -99,6 +99,8 @@ def test_a_cls_sources_pooler_rides_frozen_into_every_export(tmp_path):
     largest = extract(supernet, supernet.space.largest(), tmp_path / "largest")
     with torch.no_grad():
         expected = build_model(folder, read_config(folder))(**batch).pooler_output
+        hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        torch.testing.assert_close(supernet.bert.pooler(hidden, dims.hidden), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(BertModel.from_pretrained(largest)(**batch).pooler_output, expected,
                                    atol=1e-5, rtol=1e-5)
     reference = build_model(tmp_path / "ordered", read_config(tmp_path / "ordered")).pooler.dense.weight
