@@ -36,7 +36,8 @@ class Sizes:
     finetune_epochs: float
     finetune_train: int
     finetune_eval: int | None  # dev rows that score each model; None: the whole dev split
-    # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine)
+    # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine;
+    # its dozen noisy archs can fit a predictor far off its held-out archs, which a smoke test accepts)
     latency_flags: tuple = ()
     fit_flags: tuple = ()
     targets: str = "2x,4x"  # speed-ups over the source model; at 32 tokens (micro) per-op overhead leaves ~2x at most
@@ -59,7 +60,8 @@ SIZES = {
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
                                                                       "--seq", 32, "--probe", "true"),
-                   fit_flags=("--ensemble", 1, "--ridge", 1e-3), targets="1.25x,1.5x,2x", narrowed_search=False),
+                   fit_flags=("--ensemble", 1, "--ridge", 1e-3, "--accept_poor_fit", "true"), targets="1.25x,1.5x,2x",
+                   narrowed_search=False),
 }
 SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
 

@@ -104,6 +104,7 @@ class FitConfig:
     ridge: float | None = None  # None: chosen by cross-validation on the training rows
     ensemble: int = 3  # predictors averaged, each from another initialisation
     refit_all: bool = False  # save a predictor refitted on every row (metrics stay those of the split)
+    accept_poor_fit: bool = False  # save it even when it misses the held-out archs by more than their latency
     plot: bool = True  # write fit.png (measured vs predicted)
     overwrite: bool = False  # replace an existing --out folder
     runtime: str = ""  # if given, the table must have been measured on this runtime
@@ -119,7 +120,8 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     options = FitOptions(terms=cfg.terms, ridge=cfg.ridge, ensemble=cfg.ensemble, seed=cfg.seed)
     result = fit_and_evaluate(rows, cfg.table, cfg.test_fraction, cfg.seed, cfg.statistic, options, cfg.refit_all)
     print(f"runtime {rows[0]['settings']['runtime']}: " + format_metrics(result.metrics))
-    check_usable(result.metrics, cfg.table)
+    if not cfg.accept_poor_fit:
+        check_usable(result.metrics, cfg.table)
     result.predictor.save(cfg.out, overwrite=cfg.overwrite)
     if cfg.plot:
         from atb.latency.plot import plot_fit
