@@ -39,6 +39,7 @@ def accelerator_name() -> str:
 
 def init_distributed(timeout_s: int = 1800) -> DistEnv:
     import deepspeed
+
     on_cpu = accelerator_name() == "cpu"
     if on_cpu:
         _skip_shared_memory_comm_op()
