@@ -264,12 +264,7 @@ def _refit_norm(norm: nn.LayerNorm, fit: _AffineNormal, held: _AffineNormal, rid
     rw, rb = fit.ny + lam * old_w, fit.y + lam * old_b
     det = a * d - b * b
     new_w, new_b = (d * rw - b * rb) / det, (a * rb - b * rw) / det
-    before, after = held.error(old_w, old_b), held.error(new_w, new_b)
-    replaced = _improves(before, after)
-    if replaced:
-        norm.weight.copy_(new_w.to(norm.weight.dtype))
-        norm.bias.copy_(new_b.to(norm.bias.dtype))
-    return BlockFit(layer, block, source_layer, before, after if replaced else before, replaced)
+    return _adopt(norm, new_w, new_b, held.error(old_w, old_b), held.error(new_w, new_b), layer, block, source_layer)
 
 
 def _refit(dense: nn.Linear, fit: _Normal, held: _Normal, ridge: float, layer: int, block: str,
@@ -278,9 +273,15 @@ def _refit(dense: nn.Linear, fit: _Normal, held: _Normal, ridge: float, layer: i
     lam = ridge * fit.xx.diagonal().mean()
     eye = torch.eye(len(old), dtype=torch.float64, device=old.device)
     new = torch.linalg.solve(fit.xx + lam * eye, fit.xy + lam * old)
-    before, after = held.error(old), held.error(new)
+    return _adopt(dense, new[:-1].T, new[-1], held.error(old), held.error(new), layer, block, source_layer)
+
+
+def _adopt(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor, before: float, after: float, layer: int,
+           block: str, source_layer: int) -> BlockFit:
+    """The fitted weight and bias replace `module`'s only when they rebuild the held-out tokens measurably
+    better; the record says which."""
     replaced = _improves(before, after)
     if replaced:
-        dense.weight.copy_(new[:-1].T.to(dense.weight.dtype))
-        dense.bias.copy_(new[-1].to(dense.bias.dtype))
+        module.weight.copy_(weight.to(module.weight.dtype))
+        module.bias.copy_(bias.to(module.bias.dtype))
     return BlockFit(layer, block, source_layer, before, after if replaced else before, replaced)
