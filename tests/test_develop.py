@@ -80,9 +80,9 @@ def test_a_latency_check_the_students_cannot_take_is_refused_before_training():
     from atb.train.develop_export import check_latency_measurable
 
     with pytest.raises(ValueError, match="times 128-token sequences, but the SuperPLM's models hold 64 positions"):
-        check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), 64)
-    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), 128)
-    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A], measure_latency=False), 64)
+        check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), None, 64)
+    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A]), None, 128)
+    check_latency_measurable(DevelopConfig(supernet="s", archs=[ARCH_A], measure_latency=False), None, 64)
 
 
 def test_students_start_at_the_supernets_kd_loss_through_its_projection():

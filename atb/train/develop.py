@@ -17,7 +17,6 @@ import torch
 
 from atb.data import dev_batches
 from atb.deploy.runtime import check_runtime, check_same_runtime
-from atb.latency import LatencyPredictor
 from atb.model.extract import build_masked_lm, new_masked_lm
 from atb.search import run_search
 from atb.search.config import SearchConfig
@@ -26,7 +25,7 @@ from atb.search.outputs import read_results
 from atb.space import Arch
 from atb.train.config import TrainConfig
 from atb.train.consolidate import load_supernet_or_checkpoint
-from atb.train.develop_export import check_latency_measurable, export_students
+from atb.train.develop_export import check_latency_measurable, export_students, load_predictor
 from atb.train.distributed import DistEnv, barrier, init_distributed
 from atb.train.job import Job
 from atb.train.objectives import Teacher
@@ -145,12 +144,13 @@ def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
 
 def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
-    if cfg.predictor and cfg.runtime:  # before training, not after: the export measures on this runtime
-        check_same_runtime(LatencyPredictor.load(cfg.predictor).runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
+    predictor = load_predictor(cfg.predictor)
+    if predictor is not None and cfg.runtime:  # before training, not after: the export measures on this runtime
+        check_same_runtime(predictor.runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
     env = init_distributed()
     out = Path(cfg.out_dir)
     supernet, meta = load_supernet_or_checkpoint(cfg.supernet, cfg.trust_checkpoint)
-    check_latency_measurable(cfg, supernet.config.max_position_embeddings)
+    check_latency_measurable(cfg, predictor, supernet.config.max_position_embeddings)
     adopt_recorded_data(cfg, meta, DEVELOP_DATA_FIELDS, cfg.supernet, "develop", env.is_main)
     picks = picks_from_config(cfg, supernet)
     if cfg.objective == "auto":  # the SuperPLM's own objective, and its teacher when it was distilled

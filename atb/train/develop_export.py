@@ -36,7 +36,7 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
     tag = (ckpt_dir / LATEST).read_text().strip()
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     sb_cfg = SuperBertConfig.from_dict(record["supernet_config"])
-    predictor = _load_predictor(cfg.predictor)
+    predictor = load_predictor(cfg.predictor)
     rows = []
     for i, student in enumerate(record["students"]):
         arch = Arch.from_dict(student["arch"])
@@ -72,12 +72,11 @@ def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, mode
     return rows
 
 
-def check_latency_measurable(cfg, max_positions: int) -> None:
+def check_latency_measurable(cfg, predictor: LatencyPredictor | None, max_positions: int) -> None:
     """Before training rather than after it: the export's latency check times sequences as long as the
     predictor's (or the default), which the students must have the positions for."""
     if not cfg.measure_latency:
         return
-    predictor = _load_predictor(cfg.predictor)
     seq = MeasureSettings(**predictor.settings).seq if predictor is not None else MeasureSettings().seq
     if seq > max_positions:
         raise ValueError(f"the latency check times {seq}-token sequences, but the SuperPLM's models hold "
@@ -85,7 +84,7 @@ def check_latency_measurable(cfg, max_positions: int) -> None:
                          f"{max_positions} or less, or pass --measure_latency false")
 
 
-def _load_predictor(path: str):
+def load_predictor(path: str) -> LatencyPredictor | None:
     if not path:
         return None
     return LatencyPredictor.load(path)
