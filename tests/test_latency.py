@@ -68,6 +68,20 @@ def test_predictor_learns_a_known_latency_function(space_name):
     assert mape(truth, result.predictor.predict(fresh)) < 0.05
 
 
+@pytest.mark.parametrize("space_name", ["demo", "mlm"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_dozen_noisy_archs_give_a_predictor_that_stays_near_the_truth_over_the_space(space_name, seed):
+    """What a quick `latency measure --n 12` on a busy machine gives: the fit must follow the cost laws between
+    and beyond the archs it saw, not interpolate their noise."""
+    space = SearchSpace.load(space_name)
+    rows = synthetic_rows(space, sample_archs(space, 12, seed=seed), noise=0.1, seed=seed)
+    result = fit_and_evaluate(rows, "small", test_fraction=0.25, seed=seed, options=FitOptions(ensemble=1))
+    fresh = sample_archs(space, 200, seed=99)
+    relative = result.predictor.predict(fresh) / np.array([synthetic_ms(a) for a in fresh])
+    assert 0.5 < relative.min() and relative.max() < 2.0, (relative.min(), relative.max())
+    assert mape(np.ones_like(relative), relative) < 0.15
+
+
 def test_predictor_round_trips_through_safetensors_and_json(tmp_path):
     space = SearchSpace.load("demo")
     rows = synthetic_rows(space, sample_archs(space, 24, seed=2))

@@ -8,11 +8,13 @@ The model has the shape of the thing it predicts. A forward is a fixed part (emb
 
 over z-scored log features (`features.py`). It is a one-hidden-layer network with exponential units,
 trained on log(ms), so its loss is relative error, what matters from the smallest to the largest arch.
-The first unit starts at the least-squares power law of ms per layer, the others small. It beat a plain
-tanh MLP over the same features in cross-validation (bench/RESULTS.md): knowing that layers multiply is
-worth more than flexibility with a few dozen training points. The same structure extrapolates in
-`layers` exactly, which is what a BERT-base reference outside the space needs. A few seeds are averaged.
-Saved as safetensors (weights, normalisation) + JSON (everything else).
+Each unit starts at, and is pulled towards, one physical cost law (`UNIT_LAWS`: GEMM work, attention
+work, a constant, activation size) by a cross-validated ridge: a dozen measured archs then fit those laws'
+scales, and a large table bends them as far as it shows. It beat a plain tanh MLP over the same features
+in cross-validation (bench/RESULTS.md): knowing that layers multiply is worth more than flexibility with a
+few dozen training points. The same structure extrapolates in `layers` exactly, which is what a BERT-base
+reference outside the space needs. A few seeds are averaged. Saved as safetensors (weights,
+normalisation) + JSON (everything else).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class _LayeredLatencyNet(nn.Module):
 @dataclass
 class FitOptions:
     terms: int = 4  # power-law units per layer
-    ridge: float | None = None  # L2 penalty on all but the first unit's exponents; None: cross-validated
+    ridge: float | None = None  # L2 pull of the exponents towards UNIT_LAWS; None: cross-validated
     ridge_folds: int = 5
     adam_steps: int = 100  # a rough start for ...
     lbfgs_iters: int = 400  # ... full-batch L-BFGS to convergence
@@ -73,24 +75,39 @@ def least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[np
     return coef[:-1], float(coef[-1])
 
 
+# The law each power-law unit starts at and is pulled towards: latency proportional to the feature's
+# quantity (exponent 1 on its log), or a constant (None). Units beyond these repeat them.
+UNIT_LAWS = ("log_layer_matmul_macs", "log_layer_attention_macs", None, "log_hidden")
+
+
+def unit_laws(layer_features: list[str], layer_std: np.ndarray, terms: int) -> torch.Tensor:
+    """The laws' exponents on the z-scored features: a raw exponent of 1 is the feature's std."""
+    laws = torch.zeros(terms, len(layer_features), dtype=torch.float64)
+    for k in range(terms):
+        law = UNIT_LAWS[k % len(UNIT_LAWS)]
+        if law in layer_features:
+            j = layer_features.index(law)
+            laws[k, j] = float(layer_std[j])
+    return laws
+
+
 def _train_net(x_layer: torch.Tensor, x_fixed: torch.Tensor, log_layers: torch.Tensor, log_ms: torch.Tensor,
-               opts: FitOptions, seed: int) -> _LayeredLatencyNet:
+               laws: torch.Tensor, opts: FitOptions, seed: int) -> _LayeredLatencyNet:
     """Penalised least squares in log space, solved to convergence: a ridge generalises at least as well as
     stopping an unpenalised fit early and, unlike early stopping, does not underfit a noise-free function."""
     torch.manual_seed(seed)
     net = _LayeredLatencyNet(x_layer.shape[1], x_fixed.shape[1], opts.terms).double()
-    w, b = least_squares(x_layer.numpy(), (log_ms - log_layers).numpy())
+    log_ms_per_layer = log_ms - log_layers
     with torch.no_grad():
-        net.terms.weight.normal_(0.0, 0.3)
-        net.terms.weight[0] = torch.from_numpy(w)
-        net.terms.bias.fill_(b - 3.0)  # the extra units start at exp(-3) of the first: small, not dead
-        net.terms.bias[0] = b
+        net.terms.weight.copy_(laws + 0.01 * torch.randn_like(laws))  # seeds differ, so the ensemble does
+        # every unit, and the fixed part, starts at an equal share of the measured time
+        net.terms.bias.copy_((log_ms_per_layer[:, None] - x_layer @ laws.T).mean(0) - math.log(opts.terms + 1))
         net.fixed.weight.zero_()
-        net.fixed.bias.fill_(float(log_ms.min()) + math.log(0.25))
+        net.fixed.bias.fill_(float(log_ms.mean()) - math.log(opts.terms + 1))
 
     def objective() -> torch.Tensor:
         error = torch.mean((net(x_layer, x_fixed, log_layers) - log_ms) ** 2)
-        return error + opts.ridge * (net.terms.weight[1:].pow(2).sum() + net.fixed.weight.pow(2).sum())
+        return error + opts.ridge * ((net.terms.weight - laws).pow(2).sum() + net.fixed.weight.pow(2).sum())
 
     adam = torch.optim.Adam(net.parameters(), lr=opts.lr)
     for _ in range(opts.adam_steps):
@@ -111,10 +128,10 @@ def _train_net(x_layer: torch.Tensor, x_fixed: torch.Tensor, log_layers: torch.T
     return net.eval()
 
 
-RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the loss is a squared log error (~MAPE²), features are z-scores
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # the loss is a squared log error (~MAPE²), features are z-scores
 
 
-def _choose_ridge(tensors: tuple[torch.Tensor, ...], opts: FitOptions) -> float:
+def _choose_ridge(tensors: tuple[torch.Tensor, ...], laws: torch.Tensor, opts: FitOptions) -> float:
     """The ridge of RIDGE_GRID with the lowest k-fold cross-validated error (small tables need more of it)."""
     n = len(tensors[-1])
     folds = max(2, min(opts.ridge_folds, n // 2))
@@ -125,7 +142,7 @@ def _choose_ridge(tensors: tuple[torch.Tensor, ...], opts: FitOptions) -> float:
         for fold in range(folds):
             held = torch.zeros(n, dtype=torch.bool)
             held[order[fold::folds]] = True
-            net = _train_net(*(t[~held] for t in tensors), dataclasses.replace(opts, ridge=ridge), opts.seed)
+            net = _train_net(*(t[~held] for t in tensors), laws, dataclasses.replace(opts, ridge=ridge), opts.seed)
             with torch.no_grad():
                 squared += float(((net(*(t[held] for t in tensors[:3])) - tensors[3][held]) ** 2).sum())
         errors[ridge] = squared
@@ -211,12 +228,13 @@ class LatencyPredictor:
         normalisation = {"layer_mean": layer_mean, "layer_std": layer_std, "fixed_mean": fixed_mean,
                          "fixed_std": fixed_std}
         tensors = (*_net_inputs(archs, x_layer, x_fixed, normalisation), torch.from_numpy(np.log(y_ms)))
+        laws = unit_laws(layer_names, layer_std, opts.terms)
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a few hundred numbers per step: threads only add overhead
         try:
-            ridge = opts.ridge if opts.ridge is not None else _choose_ridge(tensors, opts)
+            ridge = opts.ridge if opts.ridge is not None else _choose_ridge(tensors, laws, opts)
             opts = dataclasses.replace(opts, ridge=ridge)
-            nets = [_train_net(*tensors, opts, opts.seed + k) for k in range(opts.ensemble)]
+            nets = [_train_net(*tensors, laws, opts, opts.seed + k) for k in range(opts.ensemble)]
         finally:
             torch.set_num_threads(previous_threads)
         return cls(space=space, settings=dict(settings), device_info=dict(device_info or {}),
