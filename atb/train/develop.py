@@ -17,6 +17,7 @@ import torch
 
 from atb.data import dev_batches
 from atb.deploy.runtime import check_runtime, check_same_runtime
+from atb.latency import LatencyPredictor
 from atb.model.extract import build_masked_lm, new_masked_lm
 from atb.search import run_search
 from atb.search.config import SearchConfig
@@ -25,7 +26,7 @@ from atb.search.outputs import read_results
 from atb.space import Arch
 from atb.train.config import TrainConfig
 from atb.train.consolidate import load_supernet_or_checkpoint
-from atb.train.develop_export import check_latency_measurable, export_students, load_predictor
+from atb.train.develop_export import check_latency_measurable, export_students
 from atb.train.distributed import DistEnv, barrier, init_distributed
 from atb.train.job import Job
 from atb.train.objectives import Teacher
@@ -144,7 +145,7 @@ def _set_attention_dropout(model: torch.nn.Module, p: float) -> None:
 
 def train(cfg: DevelopConfig) -> dict[str, Any]:
     cfg.validate()
-    predictor = load_predictor(cfg.predictor)
+    predictor = LatencyPredictor.load(cfg.predictor) if cfg.predictor else None
     if predictor is not None and cfg.runtime:  # before training, not after: the export measures on this runtime
         check_same_runtime(predictor.runtime, cfg.runtime, f"latency predictor {cfg.predictor}")
     env = init_distributed()
@@ -173,7 +174,7 @@ def train(cfg: DevelopConfig) -> dict[str, Any]:
                             "reconstruction": r} for p, r in zip(picks, rebuilt)], "supernet_config": supernet.config.to_dict(),
               "source_checkpoint": str(Path(cfg.supernet).resolve()), "source_step": meta.get("step"),
               "from_scratch": cfg.from_scratch, "objective": cfg.objective}
-    job = DevelopJob(module, record, teacher, dev, env, cfg, tokenizer)
+    job = DevelopJob(module, record, teacher, dev, env, cfg, tokenizer, predictor)
     return run_session(cfg, env, tokenizer, blocks, job, config)
 
 
@@ -206,9 +207,9 @@ class DevelopJob(Job):
     name = "develop"
 
     def __init__(self, module: Students, record: dict[str, Any], teacher: Teacher | None, dev, env: DistEnv,
-                 cfg: DevelopConfig, tokenizer):
+                 cfg: DevelopConfig, tokenizer, predictor: LatencyPredictor | None):
         super().__init__(module, record, teacher)
-        self.dev, self.env, self.cfg, self.tokenizer = dev, env, cfg, tokenizer
+        self.dev, self.env, self.cfg, self.tokenizer, self.predictor = dev, env, cfg, tokenizer, predictor
         self.last_dev: dict[str, float] = {}  # the export's report shows the final evaluation
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int):
@@ -221,7 +222,7 @@ class DevelopJob(Job):
     def export(self, engine, ckpt_dir: Path) -> None:
         if self.env.is_main:
             export_students(self.cfg, ckpt_dir, self.checkpoint_record, self.tokenizer,
-                            Path(self.cfg.out_dir) / "models", self.last_dev)
+                            Path(self.cfg.out_dir) / "models", self.last_dev, self.predictor)
 
 
 @torch.no_grad()

@@ -30,13 +30,12 @@ MISS_TOLERANCE = 0.10  # measured latency may exceed the target by this fraction
 
 
 def export_students(cfg, ckpt_dir: Path, record: dict[str, Any], tokenizer, models_dir: Path,
-                    dev: dict[str, float]) -> list[dict[str, Any]]:
+                    dev: dict[str, float], predictor: LatencyPredictor | None) -> list[dict[str, Any]]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = (ckpt_dir / LATEST).read_text().strip()
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     sb_cfg = SuperBertConfig.from_dict(record["supernet_config"])
-    predictor = load_predictor(cfg.predictor)
     rows = []
     for i, student in enumerate(record["students"]):
         arch = Arch.from_dict(student["arch"])
@@ -82,12 +81,6 @@ def check_latency_measurable(cfg, predictor: LatencyPredictor | None, max_positi
         raise ValueError(f"the latency check times {seq}-token sequences, but the SuperPLM's models hold "
                          f"{max_positions} positions; fit the predictor on a table measured with --seq "
                          f"{max_positions} or less, or pass --measure_latency false")
-
-
-def load_predictor(path: str) -> LatencyPredictor | None:
-    if not path:
-        return None
-    return LatencyPredictor.load(path)
 
 
 def latency_check(folder: Path, target: str | None, predicted_ms: float | None, predictor, runtime: str = "",
