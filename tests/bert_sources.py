@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -10,13 +11,13 @@ VOCAB = 100
 
 
 def save_random_bert(folder: Path, layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64,
-                     mlm_head: bool = False, seed: int = 0, vocab: int = VOCAB) -> Path:
+                     mlm_head: bool = False, seed: int = 0, vocab: int = VOCAB, **config: Any) -> Path:
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=ffn, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+                     attention_probs_dropout_prob=0.0, **config)
     model = (BertForMaskedLM if mlm_head else BertModel)(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -83,6 +83,28 @@ def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimato
     torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
+def test_the_supernet_keeps_the_sources_layer_norm_epsilon_token_types_and_padding_row(tmp_path):
+    """A source whose LayerNorms use another epsilon (RoBERTa-style 1e-5, here 0.1 so that it shows), one token
+    type and another padding id: the SuperPLM built for it computes its function and exports its settings."""
+    from atb.model.extract import extract
+    from atb.train.config import PretrainConfig
+    from atb.train.pretrain import build_supernet
+
+    folder = save_random_bert(tmp_path / "bert", layer_norm_eps=0.1, type_vocab_size=1, pad_token_id=3)
+    dims = source_dims(read_config(folder))
+    cfg = PretrainConfig(init_from=str(folder), max_positions=dims.max_positions, dropout=0.0)
+    supernet = build_supernet(cfg, dims.vocab_size, from_model_space(dims)).eval()
+    batch = padded_batch()
+    batch["token_type_ids"].zero_()
+    with torch.no_grad():
+        hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        expected = build_model(folder, read_config(folder))(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+    exported = read_config(extract(supernet, Arch.parse("L1_H24_A4_Q16_F32"), tmp_path / "small"))
+    assert (exported["layer_norm_eps"], exported["type_vocab_size"], exported["pad_token_id"]) == (0.1, 1, 3)
+
+
 def test_a_cls_sources_pooler_rides_frozen_into_every_export(tmp_path):
     """The source's [CLS] pooler is carried (frozen) by the SuperPLM: the largest export's pooled output is the
     source's, and a smaller export's classifier loads its pooler rather than starting one at random."""

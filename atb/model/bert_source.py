@@ -85,6 +85,15 @@ def source_dims(config: dict[str, Any]) -> SourceDims:
                       type_vocab_size=int(config.get("type_vocab_size", 2)))
 
 
+def embedding_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a SuperBert must share with the source besides its dims to compute the source's function (the
+    LayerNorm epsilon) and to export models that tokenizers and fine-tuning treat as the source (token types,
+    the padding row)."""
+    return {"type_vocab_size": int(config.get("type_vocab_size", 2)),
+            "pad_token_id": int(config.get("pad_token_id") or 0),
+            "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12))}
+
+
 def weights_file(folder: str | Path) -> Path:
     for name in WEIGHT_FILES:
         if (Path(folder) / name).is_file():

@@ -14,7 +14,7 @@ import yaml
 
 from atb.data import dev_batches
 from atb.fsutil import write_text_atomic
-from atb.model.bert_source import declared_pooling, has_pooler, read_config, source_dims
+from atb.model.bert_source import declared_pooling, embedding_settings, has_pooler, read_config, source_dims
 from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.pretrained_init import init_from_pretrained
 from atb.model.supernet_io import is_supernet_folder, load_supernet, save_supernet, untied_state_dict
@@ -39,9 +39,11 @@ def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, sou
     scale_dim = source_dims(read_config(source)).head_dim if source is not None else None
     pooling = declared_pooling(cfg.init_from) if cfg.init_from else "cls"
     pooler = pooling == "cls" and bool(cfg.init_from) and has_pooler(source or cfg.init_from)
+    pretrained = source or (cfg.init_from if cfg.init_from and not is_supernet_folder(Path(cfg.init_from)) else None)
+    settings = embedding_settings(read_config(pretrained)) if pretrained else {}
     sb_cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab_size, max_position_embeddings=cfg.max_positions,
                              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                             attention_scale_dim=scale_dim, classifier_pooling=pooling, pooler=pooler)
+                             attention_scale_dim=scale_dim, classifier_pooling=pooling, pooler=pooler, **settings)
     model = SuperBert(sb_cfg)
     if source is not None:
         init_from_pretrained(model, source)
