@@ -10,13 +10,11 @@ import pytest
 import torch
 
 from atb.model.bert_source import build_model, content_hash, declared_pooling, read_config, source_dims
-from atb.model.elastic import SuperBert, SuperBertConfig
 from atb.model.importance import compute_importance
-from atb.model.ordering import read_importance, write_importance, write_ordered_folder
-from atb.model.pretrained_init import init_from_pretrained
-from atb.source_space import space_from_source
-from atb.space import Arch, SearchSpace
-from bert_sources import declare_mean_pooling, mlm_batch, padded_batch, save_random_bert
+from atb.model.ordering import read_importance, write_importance
+from atb.space import Arch
+from bert_sources import (declare_mean_pooling, from_model_space, importance_of, mlm_batch, ordered_supernet,
+                          padded_batch, save_random_bert)
 from launching import run_tool
 
 LINES = ["the quick brown fox jumps over the lazy dog", "a journey of a thousand miles begins with a single step",
@@ -46,29 +44,6 @@ def source(data, tmp_path_factory):
     return declare_mean_pooling(folder)
 
 
-def importance_of(folder, estimator="activation"):
-    config = read_config(folder)
-    dims = source_dims(config)
-    model = build_model(folder, config, with_mlm_head=estimator == "taylor")
-    return compute_importance(model, [mlm_batch(seed=s) for s in range(3)], dims, estimator), dims
-
-
-def from_model_space(dims) -> SearchSpace:
-    return SearchSpace.from_spec(space_from_source(dims.layers, dims.hidden, dims.heads, dims.qkv, dims.ffn))
-
-
-def ordered_supernet(folder, importance, dims, tmp_path, pooler=False):
-    """The supernet of the from_model space initialised from `folder` reordered by every score."""
-    order = importance.order(within_heads=True)
-    space = from_model_space(dims)
-    write_importance(tmp_path / "imp.json", importance, order, folder, content_hash(folder), space.to_spec(), {})
-    ordered = write_ordered_folder(folder, order, tmp_path / "ordered", tmp_path / "imp.json")
-    supernet = SuperBert(SuperBertConfig(space=space.to_spec(), vocab_size=dims.vocab_size,
-                                         max_position_embeddings=dims.max_positions, pooler=pooler)).eval()
-    init_from_pretrained(supernet, ordered)
-    return supernet, order
-
-
 @pytest.mark.parametrize("estimator", ["activation", "taylor"])
 def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimator):
     folder = save_random_bert(tmp_path / "bert", mlm_head=estimator == "taylor")
@@ -81,28 +56,6 @@ def test_largest_subnet_of_the_ordered_supernet_is_the_source(tmp_path, estimato
         expected = build_model(folder, read_config(folder))(**batch).last_hidden_state[..., order.hidden]
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
-
-
-def test_the_supernet_keeps_the_sources_layer_norm_epsilon_token_types_and_padding_row(tmp_path):
-    """A source whose LayerNorms use another epsilon (RoBERTa-style 1e-5, here 0.1 so that it shows), one token
-    type and another padding id: the SuperPLM built for it computes its function and exports its settings."""
-    from atb.model.extract import extract
-    from atb.train.config import PretrainConfig
-    from atb.train.pretrain import build_supernet
-
-    folder = save_random_bert(tmp_path / "bert", layer_norm_eps=0.1, type_vocab_size=1, pad_token_id=3)
-    dims = source_dims(read_config(folder))
-    cfg = PretrainConfig(init_from=str(folder), max_positions=dims.max_positions, dropout=0.0)
-    supernet = build_supernet(cfg, dims.vocab_size, from_model_space(dims)).eval()
-    batch = padded_batch()
-    batch["token_type_ids"].zero_()
-    with torch.no_grad():
-        hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        expected = build_model(folder, read_config(folder))(**batch).last_hidden_state
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
-    exported = read_config(extract(supernet, Arch.parse("L1_H24_A4_Q16_F32"), tmp_path / "small"))
-    assert (exported["layer_norm_eps"], exported["type_vocab_size"], exported["pad_token_id"]) == (0.1, 1, 3)
 
 
 def test_a_cls_sources_pooler_rides_frozen_into_every_export(tmp_path):
@@ -293,10 +246,10 @@ def test_bad_sources_fail_clearly_and_write_nothing(data, source, tmp_path):
         assert len(proc.stderr.strip().splitlines()) <= 3
         assert not out.exists()
 
-    roberta = tmp_path / "roberta"
-    roberta.mkdir()
-    (roberta / "config.json").write_text(json.dumps({**read_config(source), "model_type": "roberta"}))
-    fails("is not BERT-family", init_from=roberta)
+    distilbert = tmp_path / "distilbert"
+    distilbert.mkdir()
+    (distilbert / "config.json").write_text(json.dumps({**read_config(source), "model_type": "distilbert"}))
+    fails("is not BERT-family", init_from=distilbert)
     fails("use the source's own", tokenizer="demo")
     fails("larger than the source", space="tiny")
 

@@ -1,8 +1,10 @@
 """A pre-trained BERT-family folder that atb compresses: its config, weights, content hash and a model.
 
 BERT-family means transformers' `bert` or atb's own `atb_tinybert` exports: the parameter names and the
-block structure SuperBert mirrors. Anything else (RoBERTa's offset positions, DistilBERT's names) is
-refused with the model type named, rather than half-copied.
+block structure SuperBert mirrors. RoBERTa and XLM-R are read as the BERT they are: the same blocks under
+other names, one token type, and positions counted from the padding id + 1, which for right-padded batches is
+a BERT whose position table starts that many rows later. Anything else (DistilBERT's names, DeBERTa's
+attention) is refused with the model type named, rather than half-copied.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 BERT_FAMILY = ("bert", "atb_tinybert")
+ROBERTA_FAMILY = ("roberta", "xlm-roberta")
+CONVERTED_FROM = "atb_converted_from"  # the config key that marks a RoBERTa-family config read as BERT
+# RoBERTa's parameter names -> BERT's, applied in order to each name
+ROBERTA_NAMES = (("roberta.", "bert."), ("lm_head.dense.", "cls.predictions.transform.dense."),
+                 ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+                 ("lm_head.decoder.", "cls.predictions.decoder."), ("lm_head.bias", "cls.predictions.bias"))
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a statistic over ranks (the identity on one rank)
 
@@ -39,19 +47,32 @@ class SourceDims:
         return self.qkv // self.heads
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
+def _raw_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected a transformers model folder)")
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
+def _position_offset(config: dict[str, Any]) -> int:
+    """Rows of a RoBERTa position table before the first real token's: the padding id's and those below it."""
+    return int(config.get("pad_token_id", 1)) + 1
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The folder's config as BERT's (a RoBERTa-family one converted, and marked with CONVERTED_FROM)."""
+    folder = Path(folder)
+    config = _raw_config(folder)
     model_type = config.get("model_type")
-    if model_type not in BERT_FAMILY:
-        raise ValueError(f"{folder}: model_type {model_type!r} is not BERT-family; atb compresses {list(BERT_FAMILY)} "
-                         "folders (same parameter names and blocks as transformers' BERT)")
+    if model_type in ROBERTA_FAMILY:
+        config = {**config, "model_type": "bert", CONVERTED_FROM: model_type,
+                  "max_position_embeddings": int(config["max_position_embeddings"]) - _position_offset(config)}
+    elif model_type not in BERT_FAMILY:
+        raise ValueError(f"{folder}: model_type {model_type!r} is not BERT-family; atb compresses "
+                         f"{list(BERT_FAMILY + ROBERTA_FAMILY)} folders (the blocks of transformers' BERT)")
     if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{folder}: only gelu activations and absolute positions are supported, got "
                          f"{config.get('hidden_act')!r} / {config.get('position_embedding_type')!r}")
@@ -121,9 +142,29 @@ def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Te
             path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors and torch raise several types for a damaged file
         raise ValueError(f"{path} cannot be read as weights ({type(err).__name__}: {err})") from None
+    config_path = Path(folder) / "config.json"  # a SuperPLM folder has weights but no transformers config
+    config = _raw_config(Path(folder)) if config_path.is_file() else {}
+    if config.get("model_type") in ROBERTA_FAMILY:
+        return _roberta_as_bert(state, _position_offset(config))
     if not normalise:
         return state
     return {("bert." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v for k, v in state.items()}
+
+
+def _roberta_as_bert(state: dict[str, torch.Tensor], position_offset: int) -> dict[str, torch.Tensor]:
+    """A RoBERTa-family state dict under BertForMaskedLM names, its position table starting at the first real
+    token's row (BERT counts positions from 0)."""
+    converted = {}
+    for name, tensor in state.items():
+        if name.endswith("position_ids"):  # a buffer transformers rebuilds
+            continue
+        name = name if name.startswith(("roberta.", "lm_head.")) else "roberta." + name
+        for old, new in ROBERTA_NAMES:
+            name = name.replace(old, new, 1) if name.startswith(old) else name
+        if name == "bert.embeddings.position_embeddings.weight":
+            tensor = tensor[position_offset:]
+        converted[name] = tensor
+    return converted
 
 
 def has_pooler(folder: str | Path) -> bool:
@@ -141,7 +182,26 @@ def build_model(folder: str | Path, config: dict[str, Any], with_mlm_head: bool 
         from atb.model.tiny import TinyBertForMaskedLM, TinyBertModel
 
         cls = TinyBertForMaskedLM if with_mlm_head else TinyBertModel
+    if CONVERTED_FROM in config:
+        return _converted_model(cls, folder, config)
     return cls.from_pretrained(str(folder)).eval()
+
+
+def _converted_model(cls: type, folder: str | Path, config: dict[str, Any]) -> torch.nn.Module:
+    """A BERT model holding a RoBERTa-family folder's weights (there is no BERT folder to load it from)."""
+    from transformers import BertConfig
+
+    model = cls(BertConfig(**{k: v for k, v in config.items() if k not in ("architectures", "auto_map")}))
+    state = load_state(folder)
+    if not hasattr(model, "bert"):  # a bare encoder: no prefix, no MLM head
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    missing = [k for k in model.load_state_dict(state, strict=False).missing_keys
+               if not k.startswith(("pooler.", "bert.pooler.", "cls.predictions.decoder."))]
+    if missing:
+        raise ValueError(f"{folder}: the {config[CONVERTED_FROM]} weights lack {missing[:3]} "
+                         f"({len(missing)} tensors); is the folder complete?")
+    model.tie_weights()
+    return model.eval()
 
 
 def encoder_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from atb.fsutil import atomic_dir, write_json_atomic
-from atb.model.bert_source import SourceDims, load_state
+from atb.model.bert_source import CONVERTED_FROM, SourceDims, load_state, read_config
 from atb.model.importance import Importance
 from atb.model.permute import ModelOrder, permute_state_dict
 
@@ -74,10 +74,13 @@ def write_ordered_folder(source: str | Path, order: ModelOrder, dest: str | Path
     if existing.is_file() and json.loads(existing.read_text()) == record:
         return dest
     state = permute_state_dict(load_state(source, normalise=False), order)
+    config = read_config(source)
     with atomic_dir(dest, overwrite=True) as tmp:
         for item in Path(source).iterdir():
             if item.is_file() and (item.name in KEPT_FILES or item.suffix == ".py"):  # .py: an atb export's modeling file
                 shutil.copy2(item, tmp / item.name)
+        if config.pop(CONVERTED_FROM, None):  # the copy holds BERT's names and positions: it is a BERT folder
+            write_json_atomic(tmp / "config.json", {**config, "architectures": ["BertForMaskedLM"]})
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         (tmp / ORDER_RECORD).write_text(json.dumps(record, indent=1))
