@@ -39,6 +39,24 @@ def test_a_roberta_folder_is_read_as_the_bert_it_is(tmp_path, mlm_head):
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
+def test_a_fine_tuned_roberta_classifier_compresses_as_its_encoder(tmp_path):
+    """RoBERTa's classification head reads <s> through a dense layer of its own, which the permutation does
+    not know: it is left out, and the ordered supernet's largest sub-network is the classifier's encoder."""
+    from transformers import RobertaForSequenceClassification, RobertaModel
+
+    source = save_random_roberta(tmp_path / "roberta")
+    folder = tmp_path / "classifier"
+    RobertaForSequenceClassification.from_pretrained(source, num_labels=3).save_pretrained(str(folder))
+    importance, dims = importance_of(folder)
+    supernet, order = ordered_supernet(folder, importance, dims, tmp_path)
+    batch = padded_batch(pad_id=1, pairs=False)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        hidden, _ = supernet.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        expected = RobertaModel.from_pretrained(source).eval()(**batch).last_hidden_state[..., order.hidden]
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
 def test_largest_subnet_of_a_supernet_ordered_from_roberta_is_the_roberta(tmp_path):
     from transformers import RobertaModel
 

@@ -156,9 +156,11 @@ def _roberta_as_bert(state: dict[str, torch.Tensor], position_offset: int) -> di
     token's row (BERT counts positions from 0)."""
     converted = {}
     for name, tensor in state.items():
-        if name.endswith("position_ids"):  # a buffer transformers rebuilds
+        # position_ids: a buffer transformers rebuilds; classifier: RoBERTa's task head (dense + out_proj over
+        # <s>), which no compression objective uses
+        if name.endswith("position_ids") or name.startswith("classifier."):
             continue
-        name = name if name.startswith(("roberta.", "lm_head.")) else "roberta." + name
+        name = "roberta." + name if name.startswith(("embeddings.", "encoder.", "pooler.")) else name
         for old, new in ROBERTA_NAMES:
             name = name.replace(old, new, 1) if name.startswith(old) else name
         if name == "bert.embeddings.position_embeddings.weight":
