@@ -14,11 +14,19 @@ import numpy as np
 
 from atb.latency.metrics import noise_floor, report
 from atb.latency.features import arch_flops, arch_params
-from atb.latency.predictor import FitOptions, LatencyPredictor, least_squares, zscore_stats
+from atb.latency.predictor import FitOptions, LatencyPredictor, zscore_stats
 from atb.latency.table import check_consistent, latencies
 from atb.space import Arch, SearchSpace
 
 MAX_MAPE = 1.0  # a held-out error above the latency itself: the predictor is refused
+
+
+def least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
+    """w, b minimising |x w + b - y|² (tiny ridge: a field such as heads may be constant in a space)."""
+    design = np.hstack([x, np.ones((len(x), 1))])
+    gram = design.T @ design + ridge * np.eye(design.shape[1])
+    coef = np.linalg.solve(gram, design.T @ y)
+    return coef[:-1], float(coef[-1])
 
 
 class LinearBaseline:

@@ -67,14 +67,6 @@ class FitOptions:
     seed: int = 0
 
 
-def least_squares(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, float]:
-    """w, b minimising |x w + b - y|² (tiny ridge: features such as vanilla may be constant)."""
-    design = np.hstack([x, np.ones((len(x), 1))])
-    gram = design.T @ design + ridge * np.eye(design.shape[1])
-    coef = np.linalg.solve(gram, design.T @ y)
-    return coef[:-1], float(coef[-1])
-
-
 # The law each power-law unit starts at and is pulled towards: latency proportional to the feature's
 # quantity (exponent 1 on its log), or a constant (None). Units beyond these repeat them.
 UNIT_LAWS = ("log_layer_matmul_macs", "log_layer_attention_macs", None, "log_hidden")
