@@ -95,22 +95,47 @@ def test_the_supernet_keeps_the_sources_layer_norm_epsilon_token_types_and_paddi
 
 
 
+def bpe_tokenizer(lines: list[str]):
+    """RoBERTa's kind of tokenizer (byte-level BPE; <s>, <pad> = 1, </s>, <unk>, <mask>), trained on `lines`."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
+def test_a_roberta_tokenizer_saved_as_vocab_json_and_merges_loads_as_the_same_fast_tokenizer(tmp_path):
+    """Older RoBERTa folders ship the slow tokenizer's files only; they are a complete vocabulary."""
+    from atb.data import load_tokenizer
+
+    tokenizer = bpe_tokenizer(LINES * 10)
+    tokenizer.save_pretrained(str(tmp_path / "fast"))
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    model = json.loads((tmp_path / "fast" / "tokenizer.json").read_text())["model"]
+    (slow / "vocab.json").write_text(json.dumps(model["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (slow / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (slow / "tokenizer_config.json").write_text((tmp_path / "fast" / "tokenizer_config.json").read_text())
+    loaded = load_tokenizer(str(slow))
+    assert loaded.is_fast and loaded.get_vocab() == tokenizer.get_vocab()
+    assert loaded(LINES)["input_ids"] == tokenizer(LINES)["input_ids"]
+
+
 @pytest.mark.slow
 def test_a_roberta_with_its_own_tokenizer_compresses_develops_and_fine_tunes(tmp_path):
     """The README's chain on a RoBERTa folder with a byte-level BPE tokenizer (<s>, </s>, <pad> = 1): every
     export is a BERT carrying RoBERTa's settings, its largest the source, and it fine-tunes."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaModel, RobertaTokenizerFast
+    from transformers import RobertaModel
 
     from atb.model.extract import extract
     from atb.model.supernet_io import load_supernet
 
     lines = [f"{line} {i}" for i in range(60) for line in LINES]
     (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(lines, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                     cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    tokenizer = bpe_tokenizer(lines)
     folder = save_random_roberta(tmp_path / "roberta", mlm_head=True, vocab=len(tokenizer))
     tokenizer.save_pretrained(str(folder))
     common = ["--seq_len", 16, "--micro_batch", 4, "--report_to", "none", "--ds_config", "zero2_fp32",

@@ -13,7 +13,9 @@ from atb.fsutil import atomic_dir
 DEMO = "demo"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 REQUIRED = ("cls_token", "sep_token", "mask_token", "pad_token")
-VOCAB_FILES = ("tokenizer.json", "vocab.txt")  # without one, transformers builds a vocabulary of special tokens only
+# a fast tokenizer's file, or the vocabulary of a slow one that transformers converts (WordPiece, RoBERTa's
+# BPE); without one, transformers builds a vocabulary of special tokens only
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
 def demo_tokenizer_path() -> str:
