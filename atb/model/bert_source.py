@@ -59,7 +59,8 @@ def _raw_config(folder: Path) -> dict[str, Any]:
 
 def _position_offset(config: dict[str, Any]) -> int:
     """Rows of a RoBERTa position table before the first real token's: the padding id's and those below it."""
-    return int(config.get("pad_token_id", 1)) + 1
+    pad = config.get("pad_token_id")
+    return (1 if pad is None else int(pad)) + 1  # transformers' RoBERTa pads with 1 unless told otherwise
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -68,8 +69,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     config = _raw_config(folder)
     model_type = config.get("model_type")
     if model_type in ROBERTA_FAMILY:
-        config = {**config, "model_type": "bert", CONVERTED_FROM: model_type,
-                  "max_position_embeddings": int(config["max_position_embeddings"]) - _position_offset(config)}
+        offset = _position_offset(config)
+        config = {**config, "model_type": "bert", CONVERTED_FROM: model_type, "pad_token_id": offset - 1,
+                  "max_position_embeddings": int(config["max_position_embeddings"]) - offset}
     elif model_type not in BERT_FAMILY:
         raise ValueError(f"{folder}: model_type {model_type!r} is not BERT-family; atb compresses "
                          f"{list(BERT_FAMILY + ROBERTA_FAMILY)} folders (the blocks of transformers' BERT)")
