@@ -39,6 +39,16 @@ def test_a_roberta_folder_is_read_as_the_bert_it_is(tmp_path, mlm_head):
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
+def test_a_roberta_config_without_a_padding_id_pads_with_one(tmp_path):
+    from atb.model.bert_source import embedding_settings
+
+    folder = save_random_roberta(tmp_path / "roberta")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": None}))
+    read = read_config(folder)
+    assert (read["max_position_embeddings"], embedding_settings(read)["pad_token_id"]) == (64, 1)
+
+
 def test_a_fine_tuned_roberta_classifier_compresses_as_its_encoder(tmp_path):
     """RoBERTa's classification head reads <s> through a dense layer of its own, which the permutation does
     not know: it is left out, and the ordered supernet's largest sub-network is the classifier's encoder."""
