@@ -137,7 +137,7 @@ def content_hash(folder: str | Path) -> str:
 
 def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Tensor]:
     """The folder's weights; with `normalise`, under BertForMaskedLM names (`bert.` prefix) whatever head
-    it was saved with."""
+    it was saved with. A RoBERTa-family folder's are always converted: its own names mean nothing to atb."""
     path = weights_file(folder)
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
@@ -146,23 +146,22 @@ def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Te
         raise ValueError(f"{path} cannot be read as weights ({type(err).__name__}: {err})") from None
     config_path = Path(folder) / "config.json"  # a SuperPLM folder has weights but no transformers config
     config = _raw_config(Path(folder)) if config_path.is_file() else {}
-    if config.get("model_type") in ROBERTA_FAMILY:
-        return _roberta_as_bert(state, _position_offset(config))
-    if not normalise:
+    roberta = config.get("model_type") in ROBERTA_FAMILY
+    if not normalise and not roberta:
         return state
-    return {("bert." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v for k, v in state.items()}
+    state = {("bert." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v for k, v in state.items()}
+    return _roberta_as_bert(state, _position_offset(config)) if roberta else state
 
 
 def _roberta_as_bert(state: dict[str, torch.Tensor], position_offset: int) -> dict[str, torch.Tensor]:
-    """A RoBERTa-family state dict under BertForMaskedLM names, its position table starting at the first real
-    token's row (BERT counts positions from 0)."""
+    """A RoBERTa-family state dict (a bare encoder's names already `bert.`-prefixed) under BertForMaskedLM
+    names, its position table starting at the first real token's row (BERT counts positions from 0)."""
     converted = {}
     for name, tensor in state.items():
         # position_ids: a buffer transformers rebuilds; classifier: RoBERTa's task head (dense + out_proj over
         # <s>), which no compression objective uses
         if name.endswith("position_ids") or name.startswith("classifier."):
             continue
-        name = "roberta." + name if name.startswith(("embeddings.", "encoder.", "pooler.")) else name
         for old, new in ROBERTA_NAMES:
             name = name.replace(old, new, 1) if name.startswith(old) else name
         if name == "bert.embeddings.position_embeddings.weight":

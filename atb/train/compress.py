@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from atb.data import load_tokenizer
-from atb.data.tokenizer import VOCAB_FILES
 from atb.data.loader import masked_batches
+from atb.data.tokenizer import VOCAB_FILES
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
 from atb.model.ffn_order import compute_ffn_orders
 from atb.model.head_basis import compute_head_bases

@@ -35,12 +35,13 @@ from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_se
 def build_supernet(cfg: PretrainConfig, vocab_size: int, space: SearchSpace, source: Path | None = None) -> SuperBert:
     """A SuperBert over `space`, initialised from `source` (the ordered copy of a compressed model) or from
     --init_from, else at random."""
+    pretrained = source or (cfg.init_from if compress.compresses(cfg) else None)
+    config = read_config(pretrained) if pretrained else None
     # the ordered source's per-head bases put almost all of a score in a head's leading dims
-    scale_dim = source_dims(read_config(source)).head_dim if source is not None else None
+    scale_dim = source_dims(config).head_dim if source is not None else None
     pooling = declared_pooling(cfg.init_from) if cfg.init_from else "cls"
     pooler = pooling == "cls" and bool(cfg.init_from) and has_pooler(source or cfg.init_from)
-    pretrained = source or (cfg.init_from if cfg.init_from and not is_supernet_folder(Path(cfg.init_from)) else None)
-    settings = embedding_settings(read_config(pretrained)) if pretrained else {}
+    settings = embedding_settings(config) if config else {}
     sb_cfg = SuperBertConfig(space=space.to_spec(), vocab_size=vocab_size, max_position_embeddings=cfg.max_positions,
                              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
                              attention_scale_dim=scale_dim, classifier_pooling=pooling, pooler=pooler, **settings)
