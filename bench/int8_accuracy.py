@@ -21,16 +21,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from atb.deploy.onnx_export import INPUTS, export_folder, load_served_model, onnx_file  # noqa: E402
-from atb.deploy.runtime import ORT_FP32, ORT_INT8, open_session  # noqa: E402
-from atb.finetune import FinetuneConfig  # noqa: E402
+from atb.deploy.onnx_export import export_folder, load_served_model  # noqa: E402
+from atb.deploy.ort_predict import ort_predictor  # noqa: E402
+from atb.deploy.runtime import ORT_FP32, ORT_INT8  # noqa: E402
+from atb.finetune import FinetuneConfig, classification  # noqa: E402
 from atb.finetune.tasks import load_task  # noqa: E402
 
 
-def batches(texts: list[str], tokenizer, size: int, max_len: int):
-    for i in range(0, len(texts), size):
-        enc = tokenizer(texts[i:i + size], padding=True, truncation=True, max_length=max_len, return_tensors="np")
-        yield {name: enc[name].astype(np.int64) for name in INPUTS}
+def torch_logits(folder: Path, features, tokenizer, batch: int) -> np.ndarray:
+    """The fine-tuned model's logits in PyTorch fp32, batched and padded as the ONNX predictor does."""
+    model, _ = load_served_model(folder, "classifier")
+    inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+    logits = []
+    for start in range(0, len(features), batch):
+        padded = tokenizer.pad({c: features[start:start + batch][c] for c in inputs}, return_tensors="pt")
+        with torch.inference_mode():
+            logits.append(model(**padded).logits.numpy())
+    return np.concatenate(logits)
 
 
 def main() -> None:
@@ -44,25 +51,20 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     task = load_task(FinetuneConfig(model=args.model, task=args.task, out_dir="unused"))
-    rows = task.splits[args.split]
-    texts, labels = list(rows["text_a"]), np.asarray(rows["label"])  # single-sentence tasks
+    examples = task.splits[args.split]
+    labels = np.asarray(examples["label"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         shutil.copytree(args.model, folder)
-        export_folder(folder, head="classifier", int8=True)
+        export_folder(folder, head="classifier", int8=True, overwrite=True)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model, _ = load_served_model(folder, "classifier")
-        sessions = {runtime: open_session(onnx_file(folder, runtime), threads=torch.get_num_threads())[0]
-                    for runtime in (ORT_FP32, ORT_INT8)}
-        predictions: dict[str, list[np.ndarray]] = {"torch fp32": [], ORT_FP32: [], ORT_INT8: []}
-        for feed in batches(texts, tokenizer, args.batch, args.max_seq_len):
-            with torch.inference_mode():
-                logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
-            predictions["torch fp32"].append(logits.argmax(-1).numpy())
-            for runtime, session in sessions.items():
-                predictions[runtime].append(session.run(["logits"], feed)[0].argmax(-1))
-    accuracy = {name: float((np.concatenate(p) == labels).mean()) for name, p in predictions.items()}
-    agree = float((np.concatenate(predictions[ORT_INT8]) == np.concatenate(predictions["torch fp32"])).mean())
+        features = classification.encode(examples, tokenizer, args.max_seq_len)
+        predictions = {"torch fp32": torch_logits(folder, features, tokenizer, args.batch).argmax(-1)}
+        for runtime in (ORT_FP32, ORT_INT8):
+            predict = ort_predictor(folder, runtime, tokenizer, args.batch, torch.get_num_threads())
+            predictions[runtime] = predict(features)[0].argmax(-1)
+    accuracy = {name: float((p == labels).mean()) for name, p in predictions.items()}
+    agree = float((predictions[ORT_INT8] == predictions["torch fp32"]).mean())
     print(f"{args.task} {args.split} ({len(labels)} rows), {Path(args.model).parent.name}:")
     for name, acc in accuracy.items():
         print(f"  {name:<20} accuracy {acc:.4f}")

@@ -76,6 +76,7 @@ def test_micro_demo_end_to_end(tmp_path, source):
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
         metrics = json.loads((out / "finetune" / "movie_sentiment" / row["arch_name"] / "metrics.json").read_text())
         assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
+        assert metrics["deployed"]["runtime"] == "onnxruntime-int8" and 0.0 <= metrics["deployed"]["dev"]["accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
     for reference in ("source", "tfidf"):

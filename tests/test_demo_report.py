@@ -95,18 +95,19 @@ def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):
         {"arch_name": "L2_H96_A12_Q96_F384", "target": "4x", "params": 3e6, "path": "x"}]})
     scores = {"L2_H96_A12_Q96_F384": 0.72, "source": 0.90, "tfidf": 0.75}
     for name, acc in scores.items():
+        deployed = {} if name == "tfidf" else {"deployed": {"runtime": "onnxruntime-int8", "dev": {"accuracy": acc - 0.01}}}
         _write(tmp_path / "finetune" / "movie_sentiment" / name / "metrics.json",
                {"dev": {"accuracy": acc}, "majority_baseline": {"dev": {"accuracy": 0.5}}, "params": 22e6,
-                "sizes": {"train": 8000, "train_used": 2000, "dev": 900, "dev_used": 900}})
+                "sizes": {"train": 8000, "train_used": 2000, "dev": 900, "dev_used": 900}, **deployed})
     _write(tmp_path / "deploy" / "latency.json", {"settings": {"threads": 1, "batch": 1, "seq": 128},
                                                    "ms": {"L2_H96_A12_Q96_F384": 5.0, "source": 20.0}})
     text = write_report(tmp_path, ["movie_sentiment"], {}, 0).read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "| 0.720 (0.500) | 80.0% |" in rows["L2_H96_A12_Q96_F384"]  # 0.72 / 0.90 of the source kept
+    assert "| 0.720 (0.500) | 80.0% | 0.710 |" in rows["L2_H96_A12_Q96_F384"]  # 0.72 / 0.90 kept; as deployed
     assert "| 5.00 | 4.00 |" in rows["L2_H96_A12_Q96_F384"] and "| 20.00 | 1.00 |" in rows["source"]  # ORT int8
     assert "ONNX Runtime (CPU, 1 thread(s), batch 1, 128 tokens)" in text
     assert "fine-tuned the same way" in rows["source"] and "| 0.900 (0.500) | 100.0% |" in rows["source"]
-    assert "TF-IDF" in rows["tfidf"] and "0.750 (0.500)" in rows["tfidf"]
+    assert "TF-IDF" in rows["tfidf"] and rows["tfidf"].endswith("| 0.750 (0.500) | - | - |")
     assert "2000 of 8000 training rows" in text
     assert "Scored on all 900 dev rows" in text and "one standard error is 1.0 points" in text  # sqrt(.9 * .1 / 900)
 

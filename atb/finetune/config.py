@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# files.py, like this module, imports only the standard library, so the CLI's input checks stay instant.
+# These modules, like this one, import only the standard library, so the CLI's input checks stay instant.
+from atb.deploy.runtime import ONNX_EXTRA, ORT_FP32, ORT_INT8
 from atb.finetune.files import task_dir
 
 TASK_TYPES = ("auto", "classification", "regression", "qa")
 POOLINGS = ("auto", "cls", "mean")
+DEPLOY_RUNTIMES = ("none", ORT_FP32, ORT_INT8)
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class FinetuneConfig:
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
     bf16: bool = False  # without DeepSpeed; with it the DeepSpeed config decides
+    deploy: str = "none"  # onnxruntime or onnxruntime-int8: also export the fine-tuned model to ONNX (int8: quantized) and score it there
     report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb
     logging_steps: int = 50  # Trainer logs every N steps
     overwrite: bool = False  # replace an existing --out_dir
@@ -62,6 +67,10 @@ class FinetuneConfig:
             raise ValueError("--task is required (a folder or a built-in task), or both --train_file and --dev_file")
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.deploy not in DEPLOY_RUNTIMES:
+            raise ValueError(f"--deploy must be one of {DEPLOY_RUNTIMES}, got {self.deploy!r}")
+        if self.deploy != "none" and self.model == "tfidf":
+            raise ValueError("--deploy: the tfidf baseline has no neural model to export")
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"--task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         positive = {"max_seq_len": self.max_seq_len, "batch_size": self.batch_size,
@@ -111,3 +120,7 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         raise FileNotFoundError(f"model folder {cfg.model} not found or has no config.json")
     if cfg.task:
         task_dir(cfg.task)
+    missing = [m for m in ONNX_PACKAGES if cfg.deploy != "none" and importlib.util.find_spec(m) is None]
+    if missing:  # found before training, not after it
+        raise ValueError(f"--deploy {cfg.deploy} needs the {', '.join(missing)} package(s): "
+                         f"install the onnx extra ({ONNX_EXTRA})")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from transformers import (
     AutoConfig,
@@ -33,6 +32,7 @@ from atb.cli import config_record
 from atb.finetune import classification, qa
 from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
+from atb.finetune.evaluation import evaluate, evaluate_deployed, trainer_predict
 from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import EVAL_SUBSET_SEED, Task, load_task, subsample
 from atb.fsutil import open_staging, publish_staging, staging_path, write_json_atomic
@@ -80,7 +80,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     train_output = trainer.train()
     train_time = time.perf_counter() - started
     started = time.perf_counter()
-    results, qa_predictions = _evaluate(trainer, task, eval_examples, tokenizer, cfg)
+    results, qa_predictions = evaluate(trainer_predict(trainer), task, eval_examples, tokenizer, cfg)
     eval_time = time.perf_counter() - started
 
     record = {
@@ -106,7 +106,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "notes": task.notes,
         **config_record(cfg),
     }
-    _publish(trainer, staging, out_dir, model_dir, record, qa_predictions)
+    if _save_model(trainer, staging, model_dir) and cfg.deploy != "none":
+        record["deployed"] = evaluate_deployed(staging / "model", task, eval_examples, tokenizer, cfg)
+    _publish(trainer, staging, out_dir, record, qa_predictions)
     return record
 
 
@@ -126,28 +128,20 @@ def _trainer(cfg: FinetuneConfig, model: PreTrainedModel, tokenizer: Any, train_
                    data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
 
 
-def _evaluate(trainer: Trainer, task: Task, eval_examples: dict[str, datasets.Dataset], tokenizer: Any,
-              cfg: FinetuneConfig) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    """Scores per evaluation split, and for QA the predicted answers per split."""
-    # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
-    # the scoring below reads them in the dataset's order
-    trainer.args.train_sampling_strategy = "random"
-    results, qa_predictions = {}, {}
-    for split, examples in eval_examples.items():
-        if task.task_type == "qa":
-            results[split], qa_predictions[split] = _evaluate_qa(trainer, examples, tokenizer, cfg)
-        else:
-            results[split] = _evaluate_text(trainer, task, examples, tokenizer, cfg.max_seq_len)
-    return results, qa_predictions
-
-
-def _publish(trainer: Trainer, staging: Path, out_dir: Path, model_dir: Path, record: dict[str, Any],
-             qa_predictions: dict[str, dict[str, str]]) -> None:
-    """The fine-tuned model, the QA predictions and metrics.json, appearing in `out_dir` in one rename."""
-    trainer.save_model(str(staging / "model"))  # collective under ZeRO-3: every rank takes part
+def _save_model(trainer: Trainer, staging: Path, model_dir: Path) -> bool:
+    """The fine-tuned model into `staging/model` (collective under ZeRO-3: every rank takes part); whether
+    this is the process that writes files."""
+    trainer.save_model(str(staging / "model"))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         _finish_model_folder(staging / "model", model_dir)
+    return trainer.is_world_process_zero()
+
+
+def _publish(trainer: Trainer, staging: Path, out_dir: Path, record: dict[str, Any],
+             qa_predictions: dict[str, dict[str, str]]) -> None:
+    """The saved model, the QA predictions and metrics.json, appearing in `out_dir` in one rename."""
+    if trainer.is_world_process_zero():
         for split, answers in qa_predictions.items():
             write_json_atomic(staging / f"predictions_{split}.json", answers)
         write_json_atomic(staging / "metrics.json", record)
@@ -207,22 +201,6 @@ def _load_model(model_dir: Path, task: Task, tokenizer: Any, cfg: FinetuneConfig
         raise ValueError(f"--pooling mean: a {config.model_type!r} classifier reads its own pooled state; atb can "
                          "make bert and atb_tinybert classifiers read the mean over tokens")
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=trust, **head)
-
-
-def _evaluate_text(trainer: Trainer, task: Task, examples: datasets.Dataset, tokenizer: Any,
-                   max_seq_len: int) -> dict[str, float]:
-    output = trainer.predict(classification.encode(examples, tokenizer, max_seq_len))
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return classification.score(task.task_type, logits, np.asarray(examples["label"]), len(task.label_names or []))
-
-
-def _evaluate_qa(trainer: Trainer, examples: datasets.Dataset, tokenizer: Any,
-                 cfg: FinetuneConfig) -> tuple[dict[str, float], dict[str, str]]:
-    features = qa.encode_eval(examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
-    output = trainer.predict(features.remove_columns(["example_id", "offset_mapping"]))
-    start_logits, end_logits = output.predictions[:2]
-    answers = qa.predict_answers(examples, features, start_logits, end_logits, cfg.max_answer_len)
-    return qa.score(examples, answers), answers
 
 
 def _baseline(task: Task, eval_examples: dict[str, datasets.Dataset]) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""`--deploy`: a fine-tuned model exported to ONNX beside its weights and scored on ONNX Runtime by the same
+code that scores it in PyTorch. The fp32 graph computes the PyTorch model's function, so its scores must be the
+PyTorch scores: that is the reference for the classifier, regressor and QA paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finetune_setup import fast_cfg
+from synthetic_tasks import write_mrpc_task, write_regression_task, write_squad_task, write_sst2_task
+
+from atb.deploy.onnx_export import ARCH_JSON, INT8_FILE, onnx_file
+from atb.deploy.runtime import ORT_FP32, ORT_INT8
+from atb.finetune import FinetuneConfig, finetune
+from atb.finetune.config import check_inputs
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.mark.parametrize("kind", ["pair", "regression", "qa"])
+def test_the_onnx_fp32_deployment_scores_what_the_pytorch_model_scores(exports, tmp_path, kind):
+    write, export, extra = {"pair": (write_mrpc_task, "tinybert", {}),
+                            "regression": (write_regression_task, "bert", {}),
+                            "qa": (write_squad_task, "tinybert", {"doc_stride": 8})}[kind]
+    task = write(tmp_path / kind) if kind != "qa" else write(tmp_path / kind, n_train=100, n_dev=20)
+    out = tmp_path / "out"
+    record = finetune(fast_cfg(exports[export], task, out, epochs=2, deploy=ORT_FP32, **extra))
+
+    deployed = record["deployed"]
+    assert deployed["runtime"] == ORT_FP32 and set(deployed) == {"runtime", "dev"}
+    assert deployed["dev"] == pytest.approx(record["dev"], abs=1e-4)
+    assert json.loads((out / "metrics.json").read_text())["deployed"] == deployed
+    assert onnx_file(out / "model", ORT_FP32).is_file()  # recorded, and made from the published weights
+    assert json.loads((out / "model" / ARCH_JSON).read_text())["onnx"]["int8"] is None
+
+
+def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(exports, tmp_path):
+    task = write_sst2_task(tmp_path / "sst2")
+    out = tmp_path / "out"
+    record = finetune(fast_cfg(exports["tinybert"], task, out, epochs=8, deploy=ORT_INT8))
+    assert record["dev"]["accuracy"] >= 0.9
+    assert record["deployed"]["runtime"] == ORT_INT8
+    assert record["deployed"]["dev"]["accuracy"] >= record["dev"]["accuracy"] - 0.1  # quantized, not broken
+    assert onnx_file(out / "model", ORT_INT8) == out / "model" / INT8_FILE
+
+
+@pytest.mark.parametrize("deploy, model, message", [
+    ("onnx", "model", "--deploy must be one of"),
+    (ORT_INT8, "tfidf", "tfidf baseline has no neural model"),
+])
+def test_a_deployment_that_cannot_be_made_is_refused_before_training(tmp_path, deploy, model, message):
+    cfg = FinetuneConfig(model=model, task="movie_sentiment", out_dir=str(tmp_path / "out"), deploy=deploy)
+    with pytest.raises(ValueError, match=message):
+        check_inputs(cfg)
