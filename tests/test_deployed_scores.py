@@ -46,6 +46,24 @@ def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(export
     assert onnx_file(out / "model", ORT_INT8) == out / "model" / INT8_FILE
 
 
+def test_a_deployment_that_fails_after_training_keeps_the_trained_model_and_says_so(exports, tmp_path, monkeypatch):
+    import atb.finetune.runner as runner
+
+    def export_fails(*args, **kwargs):
+        raise ValueError("ONNX export of the classifier model failed: an operator the exporter lacks")
+
+    monkeypatch.setattr(runner, "evaluate_deployed", export_fails)
+    out = tmp_path / "out"
+    cfg = fast_cfg(exports["bert"], write_sst2_task(tmp_path / "sst2"), out, epochs=1, deploy=ORT_FP32)
+    with pytest.raises(ValueError, match="--deploy onnxruntime failed: ONNX export .* model and its PyTorch scores"):
+        finetune(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "accuracy" in saved["dev"] and "operator the exporter lacks" in saved["deployed"]["error"]
+    assert (out / "model" / "model.safetensors").is_file()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):  # a rerun does not take it for a finished run
+        finetune(cfg)
+
+
 @pytest.mark.parametrize("deploy, model, message", [
     ("onnx", "model", "--deploy must be one of"),
     (ORT_INT8, "tfidf", "tfidf baseline has no neural model"),

@@ -108,7 +108,8 @@ def finished_record(cfg: FinetuneConfig) -> dict | None:
 
     wanted = settings(json.loads(json.dumps(dataclasses.asdict(cfg))))
     same = isinstance(record, dict) and isinstance(record.get("config"), dict) and settings(record["config"]) == wanted
-    return record if same else None
+    deploy_failed = same and "error" in (record.get("deployed") or {})  # the run did not finish what it was asked
+    return record if same and not deploy_failed else None
 
 
 def check_inputs(cfg: FinetuneConfig) -> None:

@@ -106,9 +106,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "notes": task.notes,
         **config_record(cfg),
     }
+    failed = None
     if _save_model(trainer, staging, model_dir) and cfg.deploy != "none":
-        record["deployed"] = evaluate_deployed(staging / "model", task, eval_examples, tokenizer, cfg)
+        try:
+            record["deployed"] = evaluate_deployed(staging / "model", task, eval_examples, tokenizer, cfg)
+        except (ValueError, OSError) as err:  # the trained model and its scores are published all the same
+            record["deployed"], failed = {"runtime": cfg.deploy, "error": str(err)}, err
     _publish(trainer, staging, out_dir, record, qa_predictions)
+    if failed is not None:
+        raise ValueError(f"--deploy {cfg.deploy} failed: {failed}; the fine-tuned model and its PyTorch scores "
+                         f"are in {out_dir}") from failed
     return record
 
 
