@@ -131,13 +131,14 @@ def test_cli_errors_are_one_line_and_list_flags_parse(exports, tmp_path):
 
 def test_deepspeed_config_path_trains_and_saves_a_loadable_model(exports, tmp_path):
     """TrainingArguments(deepspeed=...) with a ds_configs/ file: its Adam eps and precision are carried
-    over so transformers accepts it, the run learns as a plain one does, and model/ loads."""
+    over so transformers accepts it, the run learns as a plain one does, and model/ loads (and deploys)."""
     from transformers import AutoModelForSequenceClassification
 
     task = write_sst2_task(tmp_path / "sst2")
     out = tmp_path / "out"
     args = ["--model", exports["bert"], "--task", task, "--out_dir", out, "--max_seq_len", 32, "--epochs", 8,
-            "--lr", 3e-3, "--batch_size", 8, "--warmup_ratio", 0, "--seed", 0, "--ds_config", "zero2_fp32"]
+            "--lr", 3e-3, "--batch_size", 8, "--warmup_ratio", 0, "--seed", 0, "--ds_config", "zero2_fp32",
+            "--deploy", "onnxruntime"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([PYTHON, str(REPO / "tools" / "finetune.py"), *map(str, args)], check=False,
                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
@@ -145,6 +146,7 @@ def test_deepspeed_config_path_trains_and_saves_a_loadable_model(exports, tmp_pa
     record = json.loads((out / "metrics.json").read_text())
     assert record["config"]["ds_config"] == "zero2_fp32" and record["train"]["steps"] == 240
     assert record["dev"]["accuracy"] >= 0.9
+    assert record["deployed"]["dev"]["accuracy"] == record["dev"]["accuracy"]  # the ONNX export of what was saved
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"), trust_remote_code=True)
     assert model.classifier.weight.shape == (2, 32)
 

@@ -12,7 +12,7 @@ import numpy as np
 from atb.deploy.onnx_export import INPUTS, onnx_file
 from atb.deploy.runtime import open_session
 
-Predict = Callable[[datasets.Dataset], tuple[np.ndarray, ...]]
+Predict = Callable[[datasets.Dataset], tuple[np.ndarray, ...]]  # features -> one array per model output
 
 
 def ort_predictor(folder: str | Path, runtime: str, tokenizer: Any, batch_size: int, threads: int) -> Predict:

@@ -4,19 +4,19 @@ model as trained, in PyTorch) or ONNX Runtime (the model as deployed), so that b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from transformers import Trainer
 
+from atb.deploy.onnx_export import export_folder
+from atb.deploy.ort_predict import Predict, ort_predictor
+from atb.deploy.runtime import ORT_INT8
 from atb.finetune import classification, qa
 from atb.finetune.config import FinetuneConfig
 from atb.finetune.tasks import Task
-
-Predict = Callable[[datasets.Dataset], tuple[np.ndarray, ...]]  # features -> one array per model output
-
 
 def trainer_predict(trainer: Trainer) -> Predict:
     # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
@@ -50,10 +50,6 @@ def evaluate(predict: Predict, task: Task, eval_examples: dict[str, datasets.Dat
 def evaluate_deployed(folder: Path, task: Task, eval_examples: dict[str, datasets.Dataset], tokenizer: Any,
                       cfg: FinetuneConfig) -> dict[str, Any]:
     """Export the fine-tuned `folder` to ONNX for `cfg.deploy` (files written into it) and score it there."""
-    from atb.deploy.onnx_export import export_folder
-    from atb.deploy.ort_predict import ort_predictor
-    from atb.deploy.runtime import ORT_INT8
-
     export_folder(folder, int8=cfg.deploy == ORT_INT8)
     predict = ort_predictor(folder, cfg.deploy, tokenizer, cfg.eval_batch_size, torch.get_num_threads())
     results, _ = evaluate(predict, task, eval_examples, tokenizer, cfg)
