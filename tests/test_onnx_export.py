@@ -116,6 +116,14 @@ def test_int8_loads_runs_and_stays_close(tmp_path):
         ref = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
     assert logits.shape == ref.shape and np.isfinite(logits).all()
     assert 0 < np.abs(logits - ref).max() < 0.1 * np.abs(ref).max() + 0.05  # quantized: close, not equal
+    import onnx
+
+    # every quantized matrix product has a weight zero point (and scale) per output channel, as recorded
+    graph = onnx.load(str(folder / INT8_FILE)).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    products = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert products and record["quantization"]["per_channel"]
+    assert all(len(dims[n.input[3]]) == 1 and dims[n.input[3]][0] > 1 for n in products)
 
 
 def test_stale_missing_and_existing_exports_are_clear_errors(tmp_path):

@@ -2,10 +2,10 @@
 
 The graph comes from torch's maintained exporter (`torch.onnx.export(dynamo=True)`, i.e. torch.export +
 onnxscript), with batch and sequence as dynamic axes, so one file serves every input shape. The int8 file
-is onnxruntime's dynamic quantization (int8 weights, activations quantized per call), the usual way CPU
-servers run BERTs. `atb_arch.json` records both files with the opset and a hash of the weights they came
-from; `onnx_file` refuses a file whose weights have changed since (a stale export would be timed, and
-served, as if it were the model).
+is onnxruntime's dynamic quantization (int8 weights with a scale per output channel, activations quantized
+per call), the usual way CPU servers run BERTs. `atb_arch.json` records both files with the opset and a hash
+of the weights they came from; `onnx_file` refuses a file whose weights have changed since (a stale export
+would be timed, and served, as if it were the model).
 """
 
 from __future__ import annotations
@@ -129,11 +129,16 @@ def _reason(err: Exception) -> str:
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """onnxruntime's dynamic int8 quantization of `src` into `dst`; returns what was done."""
+    """onnxruntime's dynamic int8 quantization of `src` into `dst`; returns what was done.
+
+    Weights get one scale per output channel: a BERT's channels differ widely in range, and with one scale per
+    matrix the widest sets the step for all of them, which costs accuracy that the small latency saving does
+    not repay (bench/RESULTS.md).
+    """
     ort = require("onnxruntime")
     quantization = require("onnxruntime.quantization")
-    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8)
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8, per_channel=True)
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True,
             "onnxruntime": ort.__version__}
 
 
