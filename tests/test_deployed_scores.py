@@ -46,6 +46,16 @@ def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(export
     assert onnx_file(out / "model", ORT_INT8) == out / "model" / INT8_FILE
 
 
+def test_runs_over_several_seeds_are_summarised_as_deployed_too(exports, tmp_path):
+    task = write_sst2_task(tmp_path / "sst2", n_train=48, n_dev=24)
+    summary = finetune(fast_cfg(exports["bert"], task, tmp_path / "out", epochs=2, seeds=[0, 1], deploy=ORT_FP32))
+    deployed = summary["deployed"]
+    assert deployed["runtime"] == ORT_FP32 and deployed["dev"] == pytest.approx(summary["dev"], abs=1e-4)
+    assert deployed["dev_std"] == pytest.approx(summary["dev_std"], abs=1e-4)
+    assert [run["deployed"]["dev"] for run in summary["runs"]] == [
+        json.loads((tmp_path / "out" / f"seed_{s}" / "metrics.json").read_text())["deployed"]["dev"] for s in (0, 1)]
+
+
 def test_a_deployment_that_fails_after_training_keeps_the_trained_model_and_says_so(exports, tmp_path, monkeypatch):
     import atb.finetune.runner as runner
 

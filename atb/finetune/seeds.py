@@ -46,16 +46,26 @@ def finetune_seeds(cfg: FinetuneConfig, run_one: Callable[[FinetuneConfig], dict
 
 def summarize(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """What the runs share, the mean and the standard deviation over seeds of each numeric metric of each
-    evaluated split, and each seed's own metrics."""
+    evaluated split (as trained, and as deployed when the runs were), and each seed's own metrics."""
     summary = {key: records[0][key] for key in SHARED if key in records[0]}
+    summary.update(_over_seeds(records))
+    deployed = [r.get("deployed") or {} for r in records]
+    if all("runtime" in d and "error" not in d for d in deployed):
+        summary["deployed"] = {"runtime": deployed[0]["runtime"], **_over_seeds(deployed)}
+    summary["runs"] = [{"seed": seed, **{k: r[k] for k in ("dev", "test", "train", "deployed") if k in r}}
+                       for seed, r in zip(seeds, records)]
+    return summary
+
+
+def _over_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`split` -> the mean over records of each numeric metric, `split_std` -> its standard deviation."""
+    summary = {}
     for split in ("dev", "test"):
         if all(split in r for r in records):
             names = [name for name, value in records[0][split].items() if isinstance(value, (int, float))]
             values = {name: np.array([r[split][name] for r in records], dtype=float) for name in names}
             summary[split] = {name: float(v.mean()) for name, v in values.items()}
             summary[f"{split}_std"] = {name: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for name, v in values.items()}
-    summary["runs"] = [{"seed": seed, **{k: r[k] for k in ("dev", "test", "train") if k in r}}
-                       for seed, r in zip(seeds, records)]
     return summary
 
 
