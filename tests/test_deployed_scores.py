@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from finetune_setup import fast_cfg
 from synthetic_tasks import write_mrpc_task, write_regression_task, write_squad_task, write_sst2_task
@@ -44,6 +45,20 @@ def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(export
     assert record["deployed"]["runtime"] == ORT_INT8
     assert record["deployed"]["dev"]["accuracy"] >= record["dev"]["accuracy"] - 0.1  # quantized, not broken
     assert onnx_file(out / "model", ORT_INT8) == out / "model" / INT8_FILE
+
+    # served as the README shows, with onnxruntime and the folder's tokenizer alone, it scores the same
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from atb.finetune.tasks import load_task
+
+    dev = load_task(fast_cfg(exports["tinybert"], task, out)).splits["dev"]
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "model"), trust_remote_code=True)
+    session = ort.InferenceSession(str(out / "model" / INT8_FILE), providers=["CPUExecutionProvider"])
+    batch = tokenizer(list(dev["text_a"]), padding=True, truncation=True, max_length=32, return_tensors="np")
+    logits = session.run(["logits"], {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
+    served = float((logits.argmax(-1) == np.asarray(dev["label"])).mean())
+    assert served == pytest.approx(record["deployed"]["dev"]["accuracy"])
 
 
 def test_runs_over_several_seeds_are_summarised_as_deployed_too(exports, tmp_path):
