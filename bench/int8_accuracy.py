@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from atb.deploy.onnx_export import export_folder, load_served_model  # noqa: E402
+from atb.deploy.onnx_export import INPUTS, export_folder, load_served_model  # noqa: E402
 from atb.deploy.ort_predict import ort_predictor  # noqa: E402
 from atb.deploy.runtime import ORT_FP32, ORT_INT8  # noqa: E402
 from atb.finetune import FinetuneConfig, classification  # noqa: E402
@@ -31,7 +31,7 @@ from atb.finetune.tasks import load_task  # noqa: E402
 def torch_logits(folder: Path, features, tokenizer, batch: int) -> np.ndarray:
     """The fine-tuned model's logits in PyTorch fp32, batched and padded as the ONNX predictor does."""
     model, _ = load_served_model(folder, "classifier")
-    inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+    inputs = [c for c in INPUTS if c in features.column_names]
     logits = []
     for start in range(0, len(features), batch):
         padded = tokenizer.pad({c: features[start:start + batch][c] for c in inputs}, return_tensors="pt")

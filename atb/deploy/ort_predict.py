@@ -22,7 +22,7 @@ def ort_predictor(folder: str | Path, runtime: str, tokenizer: Any, batch_size: 
     outputs = [o.name for o in session.get_outputs()]
 
     def predict(features: datasets.Dataset) -> tuple[np.ndarray, ...]:
-        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+        columns = [c for c in INPUTS if c in features.column_names]
         chunks: list[list[np.ndarray]] = []
         for start in range(0, len(features), batch_size):
             rows = features[start:start + batch_size]

@@ -18,6 +18,7 @@ from atb.finetune import classification, qa
 from atb.finetune.config import FinetuneConfig
 from atb.finetune.tasks import Task
 
+
 def trainer_predict(trainer: Trainer) -> Predict:
     # transformers groups evaluation batches by length as well, which would reorder predict()'s outputs;
     # the scoring reads them in the dataset's order
