@@ -6,6 +6,8 @@
         --out_dir runs/ft/squad                                    # train-v1.1.json / dev-v1.1.json
     python tools/finetune.py --model models/a --task movie_sentiment --seeds 0,1,2 --out_dir runs/ft/a3
                                                  # one run per seed, and their mean and spread
+    python tools/finetune.py --model models/a --task movie_sentiment --deploy onnxruntime-int8 --out_dir runs/ft/a8
+                                                 # also model/model.int8.onnx, and its scores as deployed
     deepspeed --num_gpus 8 tools/finetune.py --ds_config zero2_bf16 --model models/a --task ... --out_dir ...
 
 Writes <out_dir>/metrics.json (dev metrics, majority-class baseline, sizes, timings, config) and
@@ -26,8 +28,9 @@ from atb.finetune import FinetuneConfig, finetune
 def run(cfg: FinetuneConfig) -> None:
     record = finetune(cfg)
     summary = {split: record[split] for split in ("dev", "dev_std", "test", "test_std") if split in record}
-    if "majority_baseline" in record:
-        summary["majority_baseline"] = record["majority_baseline"]
+    for key in ("majority_baseline", "deployed"):
+        if key in record:
+            summary[key] = record[key]
     print(json.dumps(summary, indent=2))
     print(f"fine-tuned {record['task']} ({record['task_type']}) -> {cfg.out_dir}")
 
