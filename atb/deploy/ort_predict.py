@@ -9,16 +9,16 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 
-from atb.deploy.onnx_export import INPUTS, onnx_file
+from atb.deploy.onnx_export import INPUTS
 from atb.deploy.runtime import open_session
 
 Predict = Callable[[datasets.Dataset], tuple[np.ndarray, ...]]  # features -> one array per model output
 
 
-def ort_predictor(folder: str | Path, runtime: str, tokenizer: Any, batch_size: int, threads: int) -> Predict:
-    """Outputs of `folder`'s ONNX file for `runtime` (checked to match the folder's weights), one array per
-    output with rows padded to the longest feature as Trainer pads them (with -100)."""
-    session, _ = open_session(onnx_file(folder, runtime), threads)
+def ort_predictor(path: str | Path, tokenizer: Any, batch_size: int, threads: int) -> Predict:
+    """Outputs of the ONNX file at `path` (an exported folder's comes from `onnx_file`, checked against its
+    weights), one array per output with rows padded to the longest feature as Trainer pads them (with -100)."""
+    session, _ = open_session(path, threads)
     outputs = [o.name for o in session.get_outputs()]
 
     def predict(features: datasets.Dataset) -> tuple[np.ndarray, ...]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from atb.deploy.onnx_export import export_folder
+from atb.deploy.onnx_export import export_folder, onnx_file
 from atb.deploy.ort_predict import Predict, ort_predictor
 from atb.deploy.runtime import ORT_INT8
 from atb.finetune import classification, qa
@@ -52,6 +52,6 @@ def evaluate_deployed(folder: Path, task: Task, eval_examples: dict[str, dataset
                       cfg: FinetuneConfig) -> dict[str, Any]:
     """Export the fine-tuned `folder` to ONNX for `cfg.deploy` (files written into it) and score it there."""
     export_folder(folder, int8=cfg.deploy == ORT_INT8)
-    predict = ort_predictor(folder, cfg.deploy, tokenizer, cfg.eval_batch_size, torch.get_num_threads())
+    predict = ort_predictor(onnx_file(folder, cfg.deploy), tokenizer, cfg.eval_batch_size, torch.get_num_threads())
     results, _ = evaluate(predict, task, eval_examples, tokenizer, cfg)
     return {"runtime": cfg.deploy, **results}
