@@ -61,6 +61,22 @@ def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(export
     assert served == pytest.approx(record["deployed"]["dev"]["accuracy"])
 
 
+def test_two_ranks_fine_tune_and_the_main_one_deploys(exports, tmp_path):
+    """torchrun with two CPU ranks under a DeepSpeed config: rank 0 exports and scores while the other waits,
+    and the tool reports once."""
+    from launching import run_tool
+
+    task, out = write_sst2_task(tmp_path / "sst2"), tmp_path / "out"
+    proc = run_tool("finetune", ["--model", exports["tinybert"], "--task", task, "--out_dir", out, "--epochs", 4,
+                                 "--max_seq_len", 32, "--lr", 3e-3, "--batch_size", 8, "--warmup_ratio", 0,
+                                 "--ds_config", "zero2_fp32", "--deploy", ORT_INT8], nproc=2)
+    assert proc.stdout.count("fine-tuned sst2") == 1
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["dev"]["accuracy"] >= 0.9 and record["train"]["steps"] == 4 * 240 // (8 * 2)
+    assert record["deployed"]["dev"]["accuracy"] >= record["dev"]["accuracy"] - 0.1
+    assert onnx_file(out / "model", ORT_INT8).is_file()
+
+
 def test_runs_over_several_seeds_are_summarised_as_deployed_too(exports, tmp_path):
     task = write_sst2_task(tmp_path / "sst2", n_train=48, n_dev=24)
     summary = finetune(fast_cfg(exports["bert"], task, tmp_path / "out", epochs=2, seeds=[0, 1], deploy=ORT_FP32))

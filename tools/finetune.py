@@ -20,6 +20,7 @@ models on the mean.
 from __future__ import annotations
 
 import json
+import os
 
 from atb.cli import run_cli
 from atb.finetune import FinetuneConfig, finetune
@@ -27,6 +28,8 @@ from atb.finetune import FinetuneConfig, finetune
 
 def run(cfg: FinetuneConfig) -> None:
     record = finetune(cfg)
+    if os.environ.get("RANK", "0") != "0":  # every rank ran; the main one reports (and alone knows "deployed")
+        return
     summary = {split: record[split] for split in ("dev", "dev_std", "test", "test_std") if split in record}
     for key in ("majority_baseline", "deployed"):
         if key in record:
