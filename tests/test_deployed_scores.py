@@ -5,6 +5,7 @@ PyTorch scores: that is the reference for the classifier, regressor and QA paths
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,20 @@ def test_a_deployment_that_fails_after_training_keeps_the_trained_model_and_says
     assert (out / "model" / "model.safetensors").is_file()
     with pytest.raises(FileExistsError, match="pass --overwrite"):  # a rerun does not take it for a finished run
         finetune(cfg)
+
+
+def test_a_fine_tuned_folder_does_not_inherit_the_onnx_record_of_its_source(exports, tmp_path):
+    """The source's ONNX files hold the source's weights and are not copied: its record must not be either."""
+    import shutil
+
+    from atb.deploy.onnx_export import export_folder
+
+    source = Path(shutil.copytree(exports["bert"], tmp_path / "source"))
+    export_folder(source, int8=False)
+    out = tmp_path / "out"
+    finetune(fast_cfg(source, write_sst2_task(tmp_path / "sst2", n_train=24, n_dev=12), out, epochs=1))
+    record = json.loads((out / "model" / ARCH_JSON).read_text())
+    assert "onnx" not in record and record["arch_name"] == json.loads((source / ARCH_JSON).read_text())["arch_name"]
 
 
 @pytest.mark.parametrize("deploy, model, message", [

@@ -234,8 +234,10 @@ def _finish_model_folder(folder: Path, source: Path) -> None:
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
     if any(MODELING_MODULE in str(ref) for ref in auto_map.values()) and not (folder / MODELING_FILE).is_file():
         shutil.copyfile(tiny.__file__, folder / MODELING_FILE)  # a stock BERT fine-tuned with a TinyBert head
-    if (source / ARCH_JSON).is_file():
-        shutil.copyfile(source / ARCH_JSON, folder / ARCH_JSON)
+    if (source / ARCH_JSON).is_file():  # read once already, for the run's provenance
+        # the source's record less its ONNX files, which hold the source's weights and stay behind
+        record = {k: v for k, v in json.loads((source / ARCH_JSON).read_text()).items() if k != "onnx"}
+        write_json_atomic(folder / ARCH_JSON, record)
 
 
 def _deepspeed_setup(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
