@@ -8,6 +8,7 @@ options it used are returned with it to be stored next to the numbers.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ ORT_FP32 = "onnxruntime"
 ORT_INT8 = "onnxruntime-int8"
 RUNTIMES = (TORCH, ORT_FP32, ORT_INT8)
 ONNX_EXTRA = "pip install 'atb[onnx]'"
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # what the extra installs: the format, the exporter, the runtime
 PROVIDER = "CPUExecutionProvider"
 
 
@@ -32,6 +34,14 @@ def require(module: str) -> Any:
     except ImportError:
         raise ValueError(f"the ONNX runtime path needs the '{module.split('.')[0]}' package, which is not "
                          f"installed: install the onnx extra ({ONNX_EXTRA})") from None
+
+
+def check_onnx_installed(what: str) -> None:
+    """Fail before any work when the onnx extra is missing, found without importing it (a CLI's input
+    checks stay instant); `require` imports each package where it is used."""
+    missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{what} needs the {', '.join(missing)} package(s): install the onnx extra ({ONNX_EXTRA})")
 
 
 def check_same_runtime(found: str | None, asked: str | None, what: str) -> None:

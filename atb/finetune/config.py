@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # These modules, like this one, import only the standard library, so the CLI's input checks stay instant.
-from atb.deploy.runtime import ONNX_EXTRA, ORT_FP32, ORT_INT8
+from atb.deploy.runtime import ORT_FP32, ORT_INT8, check_onnx_installed
 from atb.finetune.files import task_dir
 
 TASK_TYPES = ("auto", "classification", "regression", "qa")
 POOLINGS = ("auto", "cls", "mean")
 DEPLOY_RUNTIMES = ("none", ORT_FP32, ORT_INT8)
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 @dataclass
@@ -121,7 +119,5 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         raise FileNotFoundError(f"model folder {cfg.model} not found or has no config.json")
     if cfg.task:
         task_dir(cfg.task)
-    missing = [m for m in ONNX_PACKAGES if cfg.deploy != "none" and importlib.util.find_spec(m) is None]
-    if missing:  # found before training, not after it
-        raise ValueError(f"--deploy {cfg.deploy} needs the {', '.join(missing)} package(s): "
-                         f"install the onnx extra ({ONNX_EXTRA})")
+    if cfg.deploy != "none":  # found before training, not after it
+        check_onnx_installed(f"--deploy {cfg.deploy}")
