@@ -77,17 +77,20 @@ def test_micro_demo_end_to_end(tmp_path, source):
         metrics = json.loads((out / "finetune" / "movie_sentiment" / row["arch_name"] / "metrics.json").read_text())
         assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
         assert metrics["deployed"]["runtime"] == "onnxruntime-int8" and 0.0 <= metrics["deployed"]["dev"]["accuracy"] <= 1.0
+        # each student learnt from the source as fine-tuned on the same task
+        assert metrics["config"]["teacher"] == str(out / "finetune" / "movie_sentiment" / "source" / "model")
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
     for reference in ("source", "tfidf"):
         metrics = json.loads((out / "finetune" / "movie_sentiment" / reference / "metrics.json").read_text())
         assert metrics["sizes"]["train_used"] == 64 and f"| {reference} |" in report
+        assert metrics["config"].get("teacher") is None
     assert (out / "plots" / "pretrain_loss.png").is_file()
     deployed = json.loads((out / "deploy" / "latency.json").read_text())["ms"]
     assert set(deployed) == {row["arch_name"] for row in manifest} | {"source"}
     assert all(ms > 0 for ms in deployed.values())
     assert all((Path(row["path"]) / "model.int8.onnx").is_file() for row in manifest)
-    assert "ORT int8" in report
+    assert "ORT int8" in report and "task distillation" in report
     # a second run reuses every stage
     again = subprocess.run(demo, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert again.returncode == 0 and again.stdout.count("reusing") == 6

@@ -8,6 +8,8 @@
                                                  # one run per seed, and their mean and spread
     python tools/finetune.py --model models/a --task movie_sentiment --deploy onnxruntime-int8 --out_dir runs/ft/a8
                                                  # also model/model.int8.onnx, and its scores as deployed
+    python tools/finetune.py --model models/a --task movie_sentiment --teacher runs/ft/source/model --out_dir runs/ft/ak
+                                                 # also learn from the source as fine-tuned on this task
     deepspeed --num_gpus 8 tools/finetune.py --ds_config zero2_bf16 --model models/a --task ... --out_dir ...
 
 Writes <out_dir>/metrics.json (dev metrics, majority-class baseline, sizes, timings, config) and

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atb.demo import finetune_runs
 from atb.demo.report import finetune_dir, write_report
-from atb.deploy.runtime import ORT_INT8
 from atb.finetune.bow_baseline import BOW_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +37,7 @@ class Sizes:
     finetune_epochs: float
     finetune_train: int
     finetune_eval: int | None  # dev rows that score each model; None: the whole dev split
+    finetune_unlabelled: int  # more training rows, without their labels, through which the students learn the teacher's outputs
     # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine;
     # its dozen noisy archs can fit a predictor far off its held-out archs, which a smoke test accepts)
     latency_flags: tuple = ()
@@ -56,10 +57,10 @@ SIZES = {
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
-                  finetune_train=1000, finetune_eval=None),
+                  finetune_train=1000, finetune_eval=None, finetune_unlabelled=1000),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=12,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
-                   finetune_train=64, finetune_eval=64, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
+                   finetune_train=64, finetune_eval=64, finetune_unlabelled=32, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
                                                                       "--seq", 32, "--probe", "true"),
                    fit_flags=("--ensemble", 1, "--ridge", 1e-3, "--accept_poor_fit", "true"), targets="1.25x,1.5x,2x",
                    narrowed_search=False),
@@ -198,27 +199,22 @@ class Stages:
         run_commands("deploy", [module + ["time", str(self.out)]], threads=1)
 
     def finetune(self) -> None:
-        """Every (task, model) pair without results, the source and the bag-of-words baseline included, in one
-        process (see finetune_models.py), all on the same training rows with one recipe."""
-        s = self.sizes
-        models = {name: str(path) for name, path in finetuned_models(self.out, self.cfg.source).items()}
-        runs = []
-        for task in task_names(self.cfg.tasks):
-            for name, path in models.items():
-                dest = finetune_dir(self.out, task, name)
-                if not (dest / "metrics.json").exists():
-                    runs.append({"model": path, "task": task, "out_dir": str(dest),
-                                 "epochs": s.finetune_epochs, "max_train_samples": s.finetune_train,
-                                 "max_eval_samples": s.finetune_eval, "max_seq_len": 64, "lr": s.finetune_lr,
-                                 "batch_size": 32, "eval_test": False,  # the report shows dev accuracy
-                                 # each model is also scored as it is deployed: ONNX Runtime int8
-                                 "deploy": "none" if path == BOW_MODEL else ORT_INT8,
-                                 "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2})
-        # one single-threaded process per core (small models use a core better than two threads do), all
-        # taking runs from one list, largest model first, so that no core idles while another has a queue
+        """Every (task, model) pair without results in two rounds (see finetune_runs.py): the references, then
+        the developed models with the fine-tuned source as their teacher."""
+        models, tasks = finetuned_models(self.out, self.cfg.source), task_names(self.cfg.tasks)
+        references = {name: path for name, path in models.items() if name in (SOURCE_NAME, BOW_MODEL)}
+        students = {name: path for name, path in models.items() if name not in references}
+        self._run_all("references", finetune_runs.run_specs(self.out, self.sizes, tasks, references))
+        self._run_all("students", finetune_runs.run_specs(self.out, self.sizes, tasks, students, SOURCE_NAME))
+
+    def _run_all(self, name: str, runs: list[dict[str, Any]]) -> None:
+        """One single-threaded process per core (small models use a core better than two threads do), all
+        taking runs from one list, largest model first, so that no core idles while another has a queue."""
+        if not runs:
+            return
         runs.sort(key=lambda run: -model_bytes(run["model"]))
         workers = max(1, min(os.cpu_count() or 1, len(runs)))
-        spec, claims = self.out / "finetune" / "runs.json", self.out / "finetune" / "claims"
+        spec, claims = self.out / "finetune" / f"{name}.json", self.out / "finetune" / f"claims_{name}"
         shutil.rmtree(claims, ignore_errors=True)  # claims of an interrupted earlier launch
         claims.mkdir(parents=True)
         spec.write_text(json.dumps(runs, indent=1))

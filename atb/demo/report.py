@@ -76,8 +76,8 @@ def write_report(out: Path, tasks: list[str], timings: dict[str, float], total_s
              "`r1`, `r2`: the run first did not learn (it ended at the majority class, or its training loss stayed "
              "at chance) and was restarted with the next seed that many times (as the BERT paper did for unstable "
              "fine-tuning).", ""]
-    lines += _rows_used(out, tasks)
     manifest = _read(out / "develop" / "manifest.json") or {"models": []}
+    lines += _rows_used(out, tasks, manifest)
     accs = {(task, name): accuracy(_read(finetune_dir(out, task, name) / "metrics.json"))[0]
             for name in [row["arch_name"] for row in manifest["models"]] + list(REFERENCES) for task in tasks}
     lines += _models_table(out, tasks, manifest, accs)
@@ -190,8 +190,9 @@ def _dev_note(source_metrics: dict) -> str:
             f"error is {100 * error:.1f} points from the dev rows alone, and a seed moves a row about as much.")
 
 
-def _rows_used(out: Path, tasks: list[str]) -> list[str]:
-    """Which training rows the table's fine-tuning used: the whole split, or a fixed subset for time."""
+def _rows_used(out: Path, tasks: list[str], manifest: dict) -> list[str]:
+    """Which training rows the table's fine-tuning used (the whole split, or a fixed subset for time), what the
+    classifiers read, and what the students learnt from."""
     lines = []
     for task in tasks:
         metrics = _read(finetune_dir(out, task, "source") / "metrics.json") or {}
@@ -206,4 +207,11 @@ def _rows_used(out: Path, tasks: list[str]) -> list[str]:
     if pooling == "mean":
         lines.append("- Every classifier reads the mean over the tokens, as the source was trained to (a "
                      "sentence-transformers mean-pooling encoder), not the [CLS] state.")
+    student = _read(finetune_dir(out, tasks[0], manifest["models"][0]["arch_name"]) / "metrics.json") \
+        if tasks and manifest["models"] else None
+    config = (student or {}).get("config") or {}
+    if config.get("teacher"):
+        lines.append(f"- Each developed model learnt from the labels and from the fine-tuned source as its teacher "
+                     f"(task distillation: `--teacher`, soft-target weight {config['kd_alpha']}, temperature "
+                     f"{config['kd_temperature']}); the references learnt from the labels alone.")
     return lines + [""] if lines else []

@@ -51,6 +51,10 @@ class FinetuneConfig:
     max_eval_samples: int | None = None  # a fixed random subset of dev/test, for speed
     ds_config: str | None = None  # DeepSpeed JSON (path or ds_configs/ name) for TrainingArguments(deepspeed=...)
     bf16: bool = False  # without DeepSpeed; with it the DeepSpeed config decides
+    teacher: str | None = None  # the source fine-tuned on this task (its out_dir/model): also learn its outputs (task distillation)
+    kd_alpha: float = 0.5  # with --teacher: weight of the teacher's soft targets in the loss (the labels get the rest)
+    kd_temperature: float = 2.0  # with --teacher: softmax temperature of the soft targets
+    unlabelled_file: str | None = None  # with --teacher: more of the task's text without labels (the train file's columns), learnt from the teacher's outputs alone
     deploy: str = "none"  # onnxruntime or onnxruntime-int8: also export the fine-tuned model to ONNX (int8: quantized) and score it there
     report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb
     logging_steps: int = 50  # Trainer logs every N steps
@@ -69,6 +73,14 @@ class FinetuneConfig:
             raise ValueError(f"--deploy must be one of {DEPLOY_RUNTIMES}, got {self.deploy!r}")
         if self.deploy != "none" and self.model == "tfidf":
             raise ValueError("--deploy: the tfidf baseline has no neural model to export")
+        if self.teacher is not None and self.model == "tfidf":
+            raise ValueError("--teacher: the tfidf baseline does not learn from a teacher")
+        if self.unlabelled_file is not None and self.teacher is None:
+            raise ValueError("--unlabelled_file needs --teacher: the teacher's outputs are what those rows teach")
+        if not 0 < self.kd_alpha <= 1:
+            raise ValueError(f"--kd_alpha must be in (0, 1], got {self.kd_alpha}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"--kd_temperature must be positive, got {self.kd_temperature}")
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"--task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         positive = {"max_seq_len": self.max_seq_len, "batch_size": self.batch_size,
@@ -117,6 +129,10 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         raise FileExistsError(f"output folder {cfg.out_dir} already exists; choose another or pass --overwrite")
     if cfg.model != "tfidf" and not (Path(cfg.model) / "config.json").is_file():
         raise FileNotFoundError(f"model folder {cfg.model} not found or has no config.json")
+    if cfg.teacher is not None and not (Path(cfg.teacher) / "config.json").is_file():
+        raise FileNotFoundError(f"--teacher {cfg.teacher} not found or has no config.json")
+    if cfg.unlabelled_file is not None and not Path(cfg.unlabelled_file).expanduser().is_file():
+        raise FileNotFoundError(f"--unlabelled_file {cfg.unlabelled_file} not found")
     if cfg.task:
         task_dir(cfg.task)
     if cfg.deploy != "none":  # found before training, not after it

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from atb.cli import config_record
-from atb.finetune import classification, qa
+from atb.finetune import classification, distill, qa
 from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
 from atb.finetune.evaluation import evaluate, evaluate_deployed, trainer_predict
@@ -55,10 +55,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     task = load_task(cfg)
     if task.task_type == "qa":
         qa.check_window(cfg.max_seq_len, cfg.doc_stride)
+    tokenizer = _load_tokenizer(cfg, model_dir, trust_code)
+    teacher = distill.load_teacher(Path(cfg.teacher), task, tokenizer, cfg.trust_remote_code) if cfg.teacher else None
     staging = open_staging(out_dir) if os.environ.get("RANK", "0") == "0" else staging_path(out_dir)
     ds_setup = _deepspeed_setup(cfg.ds_config) if cfg.ds_config else (None, {})
 
-    tokenizer = _load_tokenizer(cfg, model_dir, trust_code)
     set_seed(cfg.seed)  # the new head's initial weights
     model = _load_model(model_dir, task, tokenizer, cfg, trust_code)
     params = count_params(model)
@@ -69,13 +70,20 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # a random subset, not the first rows (task files are often ordered by label), and the same rows for
     # every model and training seed so that scores stay comparable
     eval_examples = {s: subsample(d, cfg.max_eval_samples, EVAL_SUBSET_SEED) for s, d in task.splits.items()
-                     if s != "train"}
+                     if s not in ("train", "unlabelled")}
+    labelled_rows = len(train_examples)
+    if "unlabelled" in task.splits:
+        train_examples = datasets.concatenate_datasets([train_examples, task.splits["unlabelled"]])
     if task.task_type == "qa":
         train_features = qa.encode_train(train_examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
     else:
         train_features = classification.encode(train_examples, tokenizer, cfg.max_seq_len)
+    if teacher is not None:
+        train_features = distill.add_teacher_outputs(teacher, train_features, tokenizer, task.task_type,
+                                                     cfg.eval_batch_size)
+        del teacher
 
-    trainer = _trainer(cfg, model, tokenizer, train_features, staging, *ds_setup)
+    trainer = _trainer(cfg, model, tokenizer, train_features, staging, task.task_type, *ds_setup)
     started = time.perf_counter()
     train_output = trainer.train()
     train_time = time.perf_counter() - started
@@ -94,8 +102,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "text_columns": task.text_columns,
         "label_column": task.label_column,
         "labels": task.label_names,
-        "sizes": {"train": len(task.splits["train"]), "train_used": len(train_examples),
+        "sizes": {"train": len(task.splits["train"]), "train_used": labelled_rows,
                   "train_features": len(train_features),
+                  **({"unlabelled": len(task.splits["unlabelled"])} if "unlabelled" in task.splits else {}),
                   **{s: len(task.splits[s]) for s in eval_examples},
                   **{f"{s}_used": len(d) for s, d in eval_examples.items()}},
         **results,
@@ -120,7 +129,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _trainer(cfg: FinetuneConfig, model: PreTrainedModel, tokenizer: Any, train_features: datasets.Dataset,
-             staging: Path, deepspeed: dict[str, Any] | None, ds_overrides: dict[str, Any]) -> Trainer:
+             staging: Path, task_type: str, deepspeed: dict[str, Any] | None, ds_overrides: dict[str, Any]) -> Trainer:
     args = TrainingArguments(
         output_dir=str(staging / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
@@ -129,10 +138,18 @@ def _trainer(cfg: FinetuneConfig, model: PreTrainedModel, tokenizer: Any, train_
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value below 1 is a fraction of all steps
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no",
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed, **{"bf16": cfg.bf16, **ds_overrides},
+        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed,
+        # the features hold model inputs and labels only, and the teacher's outputs, which the collator takes
+        remove_unused_columns=not cfg.teacher,
+        **{"bf16": cfg.bf16, **ds_overrides},
     )
-    return Trainer(model=model, args=args, train_dataset=train_features,
-                   data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    if not cfg.teacher:
+        return Trainer(model=model, args=args, train_dataset=train_features,
+                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    return distill.DistillationTrainer(
+        model=model, args=args, train_dataset=train_features, processing_class=tokenizer,
+        data_collator=distill.DistillationCollator(tokenizer, distill.teacher_keys(task_type)),
+        task_type=task_type, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
 
 
 def _save_model(trainer: Trainer, staging: Path, model_dir: Path) -> bool:

@@ -9,6 +9,7 @@ are numbers that are not all integers (STS-B's scores).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import datasets
 
 from atb.finetune import files
+from atb.finetune.squad import read_squad
+from atb.fsutil import write_text_atomic
 from atb.finetune.config import FinetuneConfig
 
 TEXT_COLUMN_CANDIDATES = (
@@ -24,13 +27,15 @@ TEXT_COLUMN_CANDIDATES = (
     ("question", "sentence"), ("premise", "hypothesis"), ("sentence",), ("text",),
 )
 LABEL_COLUMN_CANDIDATES = ("label", "gold_label", "Quality", "score")
+# the label of an unlabelled row (--unlabelled_file): cross-entropy's usual ignore index, or not a number
+NO_LABEL = {"classification": -100, "regression": math.nan}
 
 
 @dataclass
 class Task:
     name: str
     task_type: str  # classification | regression | qa
-    splits: dict[str, datasets.Dataset]  # train, dev and, when labelled, test
+    splits: dict[str, datasets.Dataset]  # train, dev, test when labelled, unlabelled when given
     files: dict[str, Path]
     text_columns: list[str] = field(default_factory=list)
     label_column: str | None = None
@@ -44,7 +49,11 @@ def load_task(cfg: FinetuneConfig) -> Task:
     name = Path(cfg.task).name if cfg.task else paths["train"].parent.name
     is_squad = files.file_format(paths["train"]) == "json"
     if cfg.task_type == "qa" or (cfg.task_type == "auto" and is_squad):
+        if cfg.unlabelled_file:
+            raise ValueError("--unlabelled_file: classification and regression tasks only, not QA")
         return _load_qa(cfg, name, paths)
+    if cfg.unlabelled_file:
+        paths["unlabelled"] = Path(cfg.unlabelled_file).expanduser()
     if is_squad:
         raise ValueError(f"{paths['train']} is JSON, which atb reads as SQuAD; --task_type {cfg.task_type} "
                          "needs TSV, CSV or JSONL files")
@@ -61,6 +70,22 @@ def subsample(dataset: datasets.Dataset, limit: int | None, seed: int | None) ->
     if seed is not None:
         dataset = dataset.shuffle(seed=seed)
     return dataset.select(range(limit))
+
+
+def write_jsonl(task: Task, rows: datasets.Dataset, path: Path, labels: bool = True) -> Path:
+    """Rows of a text task's split as JSONL under the task's own column names (labels by their names), for
+    example as an `--unlabelled_file` (labels=False) or a fixed training subset; written atomically."""
+    names = dict(zip(("text_a", "text_b"), task.text_columns))
+    label = task.label_column or "label"
+
+    def record(row: dict[str, Any]) -> dict[str, Any]:
+        out = {names[k]: row[k] for k in names}
+        if labels:
+            out[label] = task.label_names[row["label"]] if task.label_names else row["label"]
+        return out
+
+    write_text_atomic(path, "".join(json.dumps(record(row)) + "\n" for row in rows))
+    return path
 
 
 def _split_paths(cfg: FinetuneConfig, folder: Path | None) -> dict[str, Path]:
@@ -95,6 +120,9 @@ def _load_text(cfg: FinetuneConfig, name: str, paths: dict[str, Path]) -> Task:
     label_column = cfg.label_column or _detect(train, [(c,) for c in LABEL_COLUMN_CANDIDATES], "--label_column")[0]
     files.require_columns(train, [*text_columns, label_column], "--text_columns / --label_column")
     task = Task(name, "", {}, dict(paths), text_columns, label_column)
+    if "unlabelled" in records:
+        files.require_columns(records["unlabelled"], text_columns, "--unlabelled_file (the train file's text columns)")
+        _require_rows(records["unlabelled"], "unlabelled")
     for split in ("dev", "test"):
         if split not in records:
             continue
@@ -105,7 +133,7 @@ def _load_text(cfg: FinetuneConfig, name: str, paths: dict[str, Path]) -> Task:
         files.require_columns(records[split], [*text_columns, label_column], "--text_columns / --label_column")
         _require_rows(records[split], split)
 
-    raw_labels = {split: _column(rec, label_column) for split, rec in records.items()}
+    raw_labels = {split: _column(rec, label_column) for split, rec in records.items() if split != "unlabelled"}
     task.task_type = cfg.task_type if cfg.task_type != "auto" else _detect_text_task_type(raw_labels["train"])
     if task.task_type == "regression":
         labels: dict[str, list[Any]] = {s: _as_floats(records[s], raw) for s, raw in raw_labels.items()}
@@ -113,6 +141,8 @@ def _load_text(cfg: FinetuneConfig, name: str, paths: dict[str, Path]) -> Task:
         task.label_names = _label_names(raw_labels["train"])
         index = {label: i for i, label in enumerate(task.label_names)}
         labels = {s: _as_ids(records[s], raw, index) for s, raw in raw_labels.items()}
+    if "unlabelled" in records:
+        labels["unlabelled"] = [NO_LABEL[task.task_type]] * len(_column(records["unlabelled"], text_columns[0]))
     for split, rec in records.items():
         columns = {"text_a": _column(rec, text_columns[0], text=True)}
         if len(text_columns) == 2:
@@ -246,48 +276,3 @@ def _load_qa(cfg: FinetuneConfig, name: str, paths: dict[str, Path]) -> Task:
             raise ValueError(f"{split} split {path} has no questions")
         task.splits[split] = datasets.Dataset.from_dict(examples)
     return task
-
-
-def read_squad(path: Path, check_spans: bool) -> dict[str, list[Any]]:
-    """Flatten SQuAD v1.1 JSON (data → paragraphs → qas) into one row per question.
-
-    `check_spans` (for training data) insists that every answer's text sits at its answer_start in the
-    context, since a misplaced span would silently teach the model the wrong tokens.
-    """
-    data = files.read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{path} is not SQuAD v1.1 JSON: expected an object with a 'data' list")
-    out: dict[str, list[Any]] = {"id": [], "title": [], "question": [], "context": [], "answers": []}
-    seen: set[str] = set()
-    for article in data["data"]:
-        for paragraph in article.get("paragraphs", []):
-            context = paragraph.get("context")
-            if not isinstance(context, str):
-                raise ValueError(f"{path}: a paragraph of '{article.get('title', '?')}' has no context string")
-            for qa in paragraph.get("qas", []):
-                qid = str(qa.get("id", ""))
-                where = f"{path.name}, question id {qid!r}"
-                if not qid or qid in seen:
-                    raise ValueError(f"{where}: every question needs a unique id")
-                seen.add(qid)
-                if qa.get("is_impossible"):
-                    raise ValueError(f"{where} is unanswerable (SQuAD v2); only SQuAD v1.1 is supported")
-                answers = qa.get("answers") or []
-                if not answers:
-                    raise ValueError(f"{where} has no answers; SQuAD v1.1 questions need at least one")
-                texts, starts = [], []
-                for answer in answers:
-                    text, start = answer.get("text"), answer.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
-                        raise ValueError(f"{where}: an answer needs 'text' (string) and 'answer_start' (int)")
-                    if check_spans and context[start:start + len(text)] != text:
-                        raise ValueError(f"{where}: answer {text!r} is not at answer_start {start} of its "
-                                         f"context (found {context[start:start + len(text)]!r})")
-                    texts.append(text)
-                    starts.append(start)
-                out["id"].append(qid)
-                out["title"].append(str(article.get("title", "")))
-                out["question"].append(str(qa.get("question", "")))
-                out["context"].append(context)
-                out["answers"].append({"text": texts, "answer_start": starts})
-    return out

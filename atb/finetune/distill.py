@@ -1,0 +1,172 @@
+"""Task distillation: a student fine-tuned on the labels and on a fine-tuned teacher's outputs.
+
+The teacher (typically the source model, fine-tuned on the same task with `tools/finetune.py`) scores every
+training feature once, before training, in eval mode; those outputs travel with the features as extra
+columns, so each epoch costs what plain fine-tuning costs. Each row's loss is the head's usual loss
+(cross-entropy, MSE, or QA's start and end cross-entropy) mixed with a soft-target term (Hinton et al., 2015):
+
+    loss = (1 - alpha) * hard + alpha * soft
+    soft = T^2 * KL(softmax(teacher / T) || softmax(student / T))     classification, QA start and end
+    soft = MSE(student, teacher)                                      regression
+
+A row without a label (`--unlabelled_file`: more of the task's text, which a teacher can score but nobody
+labelled) learns from the soft term alone. That is where distillation pays most: a teacher fine-tuned on a
+few thousand labelled rows passes what it learnt on through many more unlabelled ones (bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoTokenizer, DataCollatorWithPadding, PreTrainedModel, Trainer)
+
+from atb.finetune.remote_code import allow_remote_code
+from atb.finetune.tasks import NO_LABEL, Task
+
+# a padded position of a QA window gets this teacher logit: probability zero after the softmax
+PAD_LOGIT = -1e4
+LABEL_KEYS = {"classification": ("labels",), "regression": ("labels",), "qa": ("start_positions", "end_positions")}
+
+
+def teacher_keys(task_type: str) -> tuple[str, ...]:
+    """The feature columns that carry the teacher's outputs."""
+    return ("teacher_start_logits", "teacher_end_logits") if task_type == "qa" else ("teacher_logits",)
+
+
+def load_teacher(folder: Path, task: Task, tokenizer: Any, trust_remote_code: bool) -> PreTrainedModel:
+    """The fine-tuned teacher in eval mode, refused when its head or tokens do not fit this task and model."""
+    trust = allow_remote_code(folder, trust_remote_code)
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"--teacher {folder}: its vocabulary ({config.vocab_size}) is smaller than the model's "
+                         f"tokenizer ({len(tokenizer)}); the teacher must read the same tokens")
+    teacher_vocab = _folder_vocab(folder, trust)
+    if teacher_vocab is not None and teacher_vocab != tokenizer.get_vocab():
+        raise ValueError(f"--teacher {folder}: its tokenizer differs from the model's; the teacher must read "
+                         "the same tokens")
+    if task.task_type == "qa":
+        model = AutoModelForQuestionAnswering.from_pretrained(str(folder), trust_remote_code=trust)
+    else:
+        _check_head(folder, config, task)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=trust)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval()
+
+
+def _folder_vocab(folder: Path, trust: bool) -> dict[str, int] | None:
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return None
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust).get_vocab()
+
+
+def _check_head(folder: Path, config: Any, task: Task) -> None:
+    if task.task_type == "regression":
+        if config.num_labels != 1:
+            raise ValueError(f"--teacher {folder} has {config.num_labels} outputs; a regression teacher has one")
+        return
+    names = task.label_names or []
+    teacher_names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if teacher_names != [str(n) for n in names]:
+        raise ValueError(f"--teacher {folder} predicts labels {teacher_names}, this task has {names}: fine-tune "
+                         "the teacher on this task first")
+
+
+@torch.no_grad()
+def add_teacher_outputs(teacher: PreTrainedModel, features: datasets.Dataset, tokenizer: Any, task_type: str,
+                        batch_size: int) -> datasets.Dataset:
+    """`features` with the teacher's outputs for each row as extra columns (QA: cut to the window's length)."""
+    collate = DataCollatorWithPadding(tokenizer)
+    inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
+    columns: dict[str, list[list[float]]] = {key: [] for key in teacher_keys(task_type)}
+    for start in range(0, len(features), batch_size):
+        rows = features.select(range(start, min(start + batch_size, len(features)))).select_columns(inputs)
+        batch = collate([dict(row) for row in rows])
+        outputs = teacher(**{k: v.to(teacher.device) for k, v in batch.items()})
+        if task_type == "qa":
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            for key, logits in zip(columns, (outputs.start_logits, outputs.end_logits)):
+                columns[key] += [row[:n].float().tolist() for row, n in zip(logits, lengths)]
+        else:
+            columns["teacher_logits"] += outputs.logits.float().tolist()
+    for key, values in columns.items():
+        features = features.add_column(key, values)
+    return features
+
+
+class DistillationCollator:
+    """Pads a batch as `DataCollatorWithPadding` does, and its teacher outputs to the batch's length."""
+
+    def __init__(self, tokenizer: Any, keys: tuple[str, ...]) -> None:
+        self.pad, self.keys = DataCollatorWithPadding(tokenizer), keys
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        teacher = {key: [row.pop(key) for row in rows] for key in self.keys if key in rows[0]}
+        batch = self.pad(rows)
+        for key, values in teacher.items():
+            # QA windows' logits were cut to their lengths: the longest is the padded batch's length
+            width = max(len(v) for v in values)
+            padded = np.full((len(values), width), PAD_LOGIT, dtype=np.float32)
+            for i, v in enumerate(values):
+                padded[i, :len(v)] = v
+            batch[key] = torch.from_numpy(padded)
+        return batch
+
+
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2-scaled KL divergence from the teacher's softened distribution to the student's, one per row."""
+    log_student = F.log_softmax(student.float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1) * temperature ** 2
+
+
+def row_losses(task_type: str, outputs: Any, inputs: dict[str, torch.Tensor],
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per training row: the labels' loss (as the model's own head computes it, averaged), the soft loss
+    against the teacher (None without teacher outputs), and which rows have a label."""
+    if task_type == "qa":
+        ends = (outputs.start_logits, outputs.end_logits)
+        hard = sum(F.cross_entropy(logits.float(), inputs[key], reduction="none")
+                   for logits, key in zip(ends, ("start_positions", "end_positions"))) / 2
+        soft = None
+        if "teacher_start_logits" in inputs:
+            soft = sum(soft_loss(s, inputs[k], temperature)
+                       for s, k in zip(ends, ("teacher_start_logits", "teacher_end_logits"))) / 2
+        return hard, soft, torch.ones_like(hard, dtype=torch.bool)
+    logits, labels = outputs.logits.float(), inputs["labels"]
+    teacher = inputs.get("teacher_logits")
+    if task_type == "regression":
+        labelled = ~torch.isnan(labels)
+        hard = F.mse_loss(logits.view(-1), torch.where(labelled, labels, 0.0).float(), reduction="none")
+        soft = None if teacher is None else F.mse_loss(logits.view(-1), teacher.float().view(-1), reduction="none")
+    else:
+        labelled = labels != NO_LABEL["classification"]
+        hard = F.cross_entropy(logits, torch.where(labelled, labels, 0), reduction="none")
+        soft = None if teacher is None else soft_loss(logits, teacher, temperature)
+    return hard, soft, labelled
+
+
+class DistillationTrainer(Trainer):
+    """A Trainer whose training loss mixes the labels' loss with the teacher's soft targets, row by row; a row
+    without a label (--unlabelled_file) takes the teacher's output in its place."""
+
+    def __init__(self, *args: Any, task_type: str, alpha: float, temperature: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task_type, self.alpha, self.temperature = task_type, alpha, temperature
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        targets = {key: inputs.pop(key) for key in (*LABEL_KEYS[self.task_type], *teacher_keys(self.task_type))
+                   if key in inputs}
+        outputs = model(**inputs)
+        hard, soft, labelled = row_losses(self.task_type, outputs, targets, self.temperature)
+        if soft is None:  # evaluation features carry no teacher outputs
+            loss = hard[labelled].mean()
+        else:
+            loss = (self.alpha * soft + (1 - self.alpha) * torch.where(labelled, hard, soft)).mean()
+        return (loss, outputs) if return_outputs else loss
