@@ -17,8 +17,10 @@ import pytest
 from bert_sources import save_random_bert
 from conftest import PYTHON, REPO
 from launching import DIST_ENV
+from synthetic_tasks import task_cfg
 
 from atb.demo.pipeline import SIZES
+from atb.finetune.tasks import load_task, subsample
 from atb.model.bert_source import load_state
 
 
@@ -77,8 +79,14 @@ def test_micro_demo_end_to_end(tmp_path, source):
         metrics = json.loads((out / "finetune" / "movie_sentiment" / row["arch_name"] / "metrics.json").read_text())
         assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
         assert metrics["deployed"]["runtime"] == "onnxruntime-int8" and 0.0 <= metrics["deployed"]["dev"]["accuracy"] <= 1.0
-        # each student learnt from the source as fine-tuned on the same task
+        # each student learnt from the source as fine-tuned on the same task, also on rows it was not given labels of
         assert metrics["config"]["teacher"] == str(out / "finetune" / "movie_sentiment" / "source" / "model")
+        assert metrics["sizes"]["unlabelled"] == 32 and metrics["sizes"]["train_used"] == 64
+    config = metrics["config"]
+    labelled = subsample(load_task(task_cfg("movie_sentiment")).splits["train"], config["max_train_samples"],
+                         config["seed"])["text_a"]
+    unlabelled = [json.loads(line)["sentence"] for line in Path(config["unlabelled_file"]).read_text().splitlines()]
+    assert len(unlabelled) == 32 and not set(unlabelled) & set(labelled)
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
     for reference in ("source", "tfidf"):

@@ -211,7 +211,10 @@ def _rows_used(out: Path, tasks: list[str], manifest: dict) -> list[str]:
         if tasks and manifest["models"] else None
     config = (student or {}).get("config") or {}
     if config.get("teacher"):
-        lines.append(f"- Each developed model learnt from the labels and from the fine-tuned source as its teacher "
-                     f"(task distillation: `--teacher`, soft-target weight {config['kd_alpha']}, temperature "
-                     f"{config['kd_temperature']}); the references learnt from the labels alone.")
+        unlabelled = ((student or {}).get("sizes") or {}).get("unlabelled")
+        more = (f", and from the teacher's outputs alone on {unlabelled} more training rows whose labels it never "
+                "saw (`--unlabelled_file`: text a user has but did not label)") if unlabelled else ""
+        lines.append(f"- Each developed model learnt from the labelled rows and from the fine-tuned source as its "
+                     f"teacher (task distillation: `--teacher`, soft-target weight {config['kd_alpha']}, temperature "
+                     f"{config['kd_temperature']}){more}. The references learnt from the labelled rows alone.")
     return lines + [""] if lines else []
