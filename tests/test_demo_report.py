@@ -88,6 +88,9 @@ def test_a_run_whose_training_loss_stayed_at_chance_is_restarted_too():
     assert did_not_learn({**run, "train": {"loss": 0.6959}})
     assert not did_not_learn({**run, "train": {"loss": 0.6295}})  # the demo's slowest learner that learned
     assert not did_not_learn({**run, "labels": None, "train": {"loss": 5.0}})  # regression: no chance level
+    distilled = {**run, "train": {"loss": 0.9}, "config": {"teacher": "source/model"}}
+    assert not did_not_learn(distilled)  # soft targets' loss: no chance level; dev accuracy still counts
+    assert did_not_learn({**distilled, "dev": {"accuracy": 0.5}, "majority_baseline": {"dev": {"accuracy": 0.5}}})
 
 
 def test_report_has_reference_rows_and_the_share_of_the_source_kept(tmp_path):

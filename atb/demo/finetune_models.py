@@ -42,10 +42,13 @@ PLATEAU_SHARE = 0.98
 
 def did_not_learn(record: dict[str, Any]) -> bool:
     """Whether the run's dev accuracy is no better than always predicting the majority class, or its mean
-    training loss stayed at that of guessing uniformly over the labels (classification)."""
+    training loss stayed at that of guessing uniformly over the labels (classification, labels' loss only: a
+    distilled run's loss also holds the soft targets' term, which has no such level)."""
     acc, majority = accuracy(record)
     if acc is not None and majority is not None and acc <= majority:
         return True
+    if (record.get("config") or {}).get("teacher"):
+        return False
     labels, loss = record.get("labels") or [], (record.get("train") or {}).get("loss")
     return len(labels) > 1 and loss is not None and loss >= PLATEAU_SHARE * math.log(len(labels))
 
