@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from pathlib import Path
 
 from atb.finetune import FinetuneConfig
 
@@ -89,6 +91,26 @@ def write_squad_task(folder, n_train=300, n_dev=40, seed=3):
     (folder / "train-v1.1.json").write_text(json.dumps(squad_json(rng, n_train)))
     (folder / "dev-v1.1.json").write_text(json.dumps(squad_json(rng, n_dev)))
     return folder
+
+
+def contradicting_copy(task: Path, kind: str, out: Path) -> Path:
+    """A copy of `task` whose training labels say the opposite of the task (dev unchanged)."""
+    shutil.copytree(task, out)
+    if kind == "classification":
+        lines = (task / "train.tsv").read_text().splitlines()
+        flipped = [lines[0]] + [f"{text}\t{1 - int(label)}" for text, label in (line.rsplit("\t", 1) for line in lines[1:])]
+        (out / "train.tsv").write_text("\n".join(flipped) + "\n")
+    elif kind == "regression":
+        rows = [json.loads(line) for line in (task / "train.jsonl").read_text().splitlines()]
+        (out / "train.jsonl").write_text("".join(json.dumps({**r, "score": -r["score"]}) + "\n" for r in rows))
+    else:
+        data = json.loads((task / "train-v1.1.json").read_text())
+        for paragraph in data["data"][0]["paragraphs"]:
+            first = paragraph["context"].split(" ")[0]
+            for qa in paragraph["qas"]:
+                qa["answers"] = [{"text": first, "answer_start": 0}]
+        (out / "train-v1.1.json").write_text(json.dumps(data))
+    return out
 
 
 def task_cfg(task, **overrides) -> FinetuneConfig:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from finetune_setup import fast_cfg
-from synthetic_tasks import write_mrpc_task, write_regression_task, write_squad_task, write_sst2_task
+from synthetic_tasks import (contradicting_copy, write_mrpc_task, write_regression_task, write_squad_task,
+                             write_sst2_task)
 
 from atb.deploy.onnx_export import ARCH_JSON, INT8_FILE, onnx_file
 from atb.deploy.runtime import ORT_FP32, ORT_INT8
@@ -62,18 +63,22 @@ def test_the_int8_deployment_is_written_and_scored_near_the_pytorch_model(export
     assert served == pytest.approx(record["deployed"]["dev"]["accuracy"])
 
 
-def test_two_ranks_fine_tune_and_the_main_one_deploys(exports, tmp_path):
-    """torchrun with two CPU ranks under a DeepSpeed config: rank 0 exports and scores while the other waits,
-    and the tool reports once."""
+def test_two_ranks_fine_tune_from_a_teacher_and_the_main_one_deploys(exports, tmp_path):
+    """torchrun with two CPU ranks under a DeepSpeed config, learning from a teacher's outputs alone (the labels
+    contradict the task: see test_distill.py): rank 0 exports and scores while the other waits, and the tool
+    reports once."""
     from launching import run_tool
 
     task, out = write_sst2_task(tmp_path / "sst2"), tmp_path / "out"
-    proc = run_tool("finetune", ["--model", exports["tinybert"], "--task", task, "--out_dir", out, "--epochs", 4,
+    finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6))
+    wrong = contradicting_copy(task, "classification", tmp_path / "wrong")
+    proc = run_tool("finetune", ["--model", exports["tinybert"], "--task", wrong, "--out_dir", out, "--epochs", 6,
                                  "--max_seq_len", 32, "--lr", 3e-3, "--batch_size", 8, "--warmup_ratio", 0,
-                                 "--ds_config", "zero2_fp32", "--deploy", ORT_INT8], nproc=2)
-    assert proc.stdout.count("fine-tuned sst2") == 1
+                                 "--ds_config", "zero2_fp32", "--deploy", ORT_INT8,
+                                 "--teacher", tmp_path / "teacher" / "model", "--kd_alpha", 1], nproc=2)
+    assert proc.stdout.count("fine-tuned wrong") == 1
     record = json.loads((out / "metrics.json").read_text())
-    assert record["dev"]["accuracy"] >= 0.9 and record["train"]["steps"] == 4 * 240 // (8 * 2)
+    assert record["dev"]["accuracy"] >= 0.9 and record["train"]["steps"] == 6 * 240 // (8 * 2)
     assert record["deployed"]["dev"]["accuracy"] >= record["dev"]["accuracy"] - 0.1
     assert onnx_file(out / "model", ORT_INT8).is_file()
 

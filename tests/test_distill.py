@@ -16,32 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO
 from finetune_setup import fast_cfg
-from synthetic_tasks import write_regression_task, write_squad_task, write_sst2_task
+from synthetic_tasks import contradicting_copy, write_regression_task, write_squad_task, write_sst2_task
 
 from atb.finetune import finetune
 from atb.finetune.tasks import load_task
 
 QA = {"max_seq_len": 64, "doc_stride": 16}
-
-
-def _contradicting(task: Path, kind: str, out: Path) -> Path:
-    """A copy of `task` whose training labels say the opposite of the task (dev unchanged)."""
-    shutil.copytree(task, out)
-    if kind == "classification":
-        lines = (task / "train.tsv").read_text().splitlines()
-        flipped = [lines[0]] + [f"{text}\t{1 - int(label)}" for text, label in (line.rsplit("\t", 1) for line in lines[1:])]
-        (out / "train.tsv").write_text("\n".join(flipped) + "\n")
-    elif kind == "regression":
-        rows = [json.loads(line) for line in (task / "train.jsonl").read_text().splitlines()]
-        (out / "train.jsonl").write_text("".join(json.dumps({**r, "score": -r["score"]}) + "\n" for r in rows))
-    else:
-        data = json.loads((task / "train-v1.1.json").read_text())
-        for paragraph in data["data"][0]["paragraphs"]:
-            first = paragraph["context"].split(" ")[0]
-            for qa in paragraph["qas"]:
-                qa["answers"] = [{"text": first, "answer_start": 0}]
-        (out / "train-v1.1.json").write_text(json.dumps(data))
-    return out
 
 
 def _score(record: dict, kind: str) -> float:
@@ -54,7 +34,7 @@ def test_a_student_learns_the_task_from_its_teacher_when_its_labels_contradict_i
     writer = {"classification": write_sst2_task, "regression": write_regression_task, "qa": write_squad_task}[kind]
     extra = QA if kind == "qa" else {}
     task = writer(tmp_path / "task")
-    wrong = _contradicting(task, kind, tmp_path / "wrong")
+    wrong = contradicting_copy(task, kind, tmp_path / "wrong")
     teacher = finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6, **extra))
     alone = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "alone", epochs=6, **extra))
     taught = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "taught", epochs=6, **extra,
@@ -134,7 +114,7 @@ def test_rows_without_labels_learn_the_teachers_outputs(exports, tmp_path):
     task = write_sst2_task(tmp_path / "task")
     few = write_sst2_task(tmp_path / "few", n_train=24, seed=5)
     shutil.copy2(task / "dev.tsv", few / "dev.tsv")
-    wrong = _contradicting(few, "classification", tmp_path / "wrong")
+    wrong = contradicting_copy(few, "classification", tmp_path / "wrong")
     finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6))
     recipe = {"epochs": 6, "teacher": str(tmp_path / "teacher" / "model"), "kd_alpha": 0.1}
     alone = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "alone", **recipe))
@@ -215,20 +195,3 @@ def test_a_teacher_that_does_not_fit_is_refused_before_any_work(exports, tmp_pat
                            str(tmp_path / "sts_teacher" / "model")],
                           check=False, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "predicts labels" in proc.stderr
-
-
-def test_two_ranks_learn_from_the_teacher_under_deepspeed(exports, tmp_path):
-    """torchrun with two CPU ranks and a DeepSpeed config: every rank trains on its share of the features with
-    the teacher's outputs beside them."""
-    from launching import run_tool
-
-    task = write_sst2_task(tmp_path / "sst2")
-    wrong = _contradicting(task, "classification", tmp_path / "wrong")
-    finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6))
-    out = tmp_path / "out"
-    run_tool("finetune", ["--model", exports["tinybert"], "--task", wrong, "--out_dir", out, "--epochs", 6,
-                          "--max_seq_len", 32, "--lr", 3e-3, "--batch_size", 8, "--warmup_ratio", 0,
-                          "--ds_config", "zero2_fp32", "--teacher", tmp_path / "teacher" / "model", "--kd_alpha", 1],
-             nproc=2)
-    record = json.loads((out / "metrics.json").read_text())
-    assert record["dev"]["accuracy"] >= 0.9 and record["train"]["steps"] == 6 * 240 // (8 * 2)
