@@ -57,7 +57,7 @@ SIZES = {
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
-                  finetune_train=1000, finetune_eval=None, finetune_unlabelled=1000),
+                  finetune_train=1000, finetune_eval=None, finetune_unlabelled=500),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=12,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, finetune_unlabelled=32, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,

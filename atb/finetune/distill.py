@@ -77,23 +77,27 @@ def _check_head(folder: Path, config: Any, task: Task) -> None:
                          "the teacher on this task first")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def add_teacher_outputs(teacher: PreTrainedModel, features: datasets.Dataset, tokenizer: Any, task_type: str,
                         batch_size: int) -> datasets.Dataset:
     """`features` with the teacher's outputs for each row as extra columns (QA: cut to the window's length)."""
     collate = DataCollatorWithPadding(tokenizer)
     inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
-    columns: dict[str, list[list[float]]] = {key: [] for key in teacher_keys(task_type)}
-    for start in range(0, len(features), batch_size):
-        rows = features.select(range(start, min(start + batch_size, len(features)))).select_columns(inputs)
-        batch = collate([dict(row) for row in rows])
+    columns: dict[str, list] = {key: [None] * len(features) for key in teacher_keys(task_type)}
+    # batches of similar length pad less; each row's outputs go back to its place
+    order = np.argsort([len(ids) for ids in features["input_ids"]], kind="stable").tolist()
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([dict(row) for row in features.select(rows).select_columns(inputs)])
         outputs = teacher(**{k: v.to(teacher.device) for k, v in batch.items()})
         if task_type == "qa":
             lengths = batch["attention_mask"].sum(dim=1).tolist()
             for key, logits in zip(columns, (outputs.start_logits, outputs.end_logits)):
-                columns[key] += [row[:n].float().tolist() for row, n in zip(logits, lengths)]
+                for row, values, n in zip(rows, logits.float().tolist(), lengths):
+                    columns[key][row] = values[:n]
         else:
-            columns["teacher_logits"] += outputs.logits.float().tolist()
+            for row, values in zip(rows, outputs.logits.float().tolist()):
+                columns["teacher_logits"][row] = values
     for key, values in columns.items():
         features = features.add_column(key, values)
     return features
