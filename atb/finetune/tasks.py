@@ -18,9 +18,9 @@ from typing import Any
 import datasets
 
 from atb.finetune import files
+from atb.finetune.config import FinetuneConfig
 from atb.finetune.squad import read_squad
 from atb.fsutil import write_text_atomic
-from atb.finetune.config import FinetuneConfig
 
 TEXT_COLUMN_CANDIDATES = (
     ("sentence1", "sentence2"), ("#1 String", "#2 String"), ("question1", "question2"),
