@@ -15,7 +15,6 @@ few thousand labelled rows passes what it learnt on through many more unlabelled
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,7 @@ def load_teacher(folder: Path, task: Task, tokenizer: Any, trust_remote_code: bo
     else:
         _check_head(folder, config, task)
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=trust)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
+    return model.eval()
 
 
 def _folder_vocab(folder: Path, trust: bool) -> dict[str, int] | None:

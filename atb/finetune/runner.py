@@ -78,12 +78,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         train_features = qa.encode_train(train_examples, tokenizer, cfg.max_seq_len, cfg.doc_stride)
     else:
         train_features = classification.encode(train_examples, tokenizer, cfg.max_seq_len)
-    if teacher is not None:
-        train_features = distill.add_teacher_outputs(teacher, train_features, tokenizer, task.task_type,
-                                                     cfg.eval_batch_size)
-        del teacher
 
     trainer = _trainer(cfg, model, tokenizer, train_features, staging, task.task_type, *ds_setup)
+    if teacher is not None:  # scored on the device the Trainer resolved for this rank
+        trainer.train_dataset = distill.add_teacher_outputs(teacher.to(trainer.args.device), train_features,
+                                                            tokenizer, task.task_type, cfg.eval_batch_size)
+        del teacher
     started = time.perf_counter()
     train_output = trainer.train()
     train_time = time.perf_counter() - started
