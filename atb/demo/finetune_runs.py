@@ -36,7 +36,7 @@ def run_specs(out: Path, sizes: Sizes, tasks: list[str], models: dict[str, str],
                    "eval_test": False,  # the report shows dev accuracy
                    # each model is also scored as it is deployed: ONNX Runtime int8
                    "deploy": "none" if path == BOW_MODEL else ORT_INT8,
-                   "overwrite": True, "restarts": 0 if path == BOW_MODEL else 2}
+                   "overwrite": True, "restarts": 0 if path == BOW_MODEL else sizes.finetune_restarts}
             if teacher_row is not None:
                 run["teacher"] = str(finetune_dir(out, task, teacher_row) / "model")
                 run["unlabelled_file"] = str(unlabelled_text(out, task, sizes.finetune_train, sizes.finetune_unlabelled))

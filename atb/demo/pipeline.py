@@ -38,6 +38,9 @@ class Sizes:
     finetune_train: int
     finetune_eval: int | None  # dev rows that score each model; None: the whole dev split
     finetune_unlabelled: int  # more training rows, without their labels, through which the students learn the teacher's outputs
+    # reruns with the next seed of a fine-tune that did not learn (finetune_models.py); micro's random toy
+    # source learns nothing from 64 rows whatever the seed, so reruns would only cost time there
+    finetune_restarts: int
     # extra `latency measure` / `fit` flags (micro: few forwards, probe-normalised: its test shares the machine;
     # its dozen noisy archs can fit a predictor far off its held-out archs, which a smoke test accepts)
     latency_flags: tuple = ()
@@ -57,11 +60,12 @@ SIZES = {
     # the source and three or four students on two tasks is the largest share.
     "demo": Sizes(pretrain_steps=40, micro_batch=8, seq_len=64, calib_samples=128, latency_archs=40,
                   search_preset="tiny", search_generations=4, dev_batches=8, develop_steps=12, finetune_epochs=2.0,
-                  finetune_train=1000, finetune_eval=None, finetune_unlabelled=500),
+                  finetune_train=1000, finetune_eval=None, finetune_unlabelled=500,
+                  finetune_restarts=2),
     "micro": Sizes(pretrain_steps=4, micro_batch=4, seq_len=32, calib_samples=16, latency_archs=12,
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
-                   finetune_train=64, finetune_eval=64, finetune_unlabelled=32, latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0,
-                                                                      "--seq", 32, "--probe", "true"),
+                   finetune_train=64, finetune_eval=64, finetune_unlabelled=32, finetune_restarts=0,
+                   latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32, "--probe", "true"),
                    fit_flags=("--ensemble", 1, "--ridge", 1e-3, "--accept_poor_fit", "true"), targets="1.25x,1.5x,2x",
                    narrowed_search=False),
 }
