@@ -165,6 +165,10 @@ def test_bad_run_inputs_fail_before_any_work(exports, tmp_path):
     shutil.copytree(exports["bert"], bare, ignore=shutil.ignore_patterns("tokenizer*"))
     with pytest.raises(FileNotFoundError, match="pass --tokenizer"):
         finetune(fast_cfg(bare, task, tmp_path / "out"))
+    # a tokenizer config without its vocabulary would load as special tokens only
+    shutil.copy2(Path(exports["bert"]) / "tokenizer_config.json", bare)
+    with pytest.raises(FileNotFoundError, match="no tokenizer vocabulary"):
+        finetune(fast_cfg(bare, task, tmp_path / "out"))
     with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
         finetune(fast_cfg(exports["bert"], task, tmp_path / "out", max_seq_len=256))
     squad = write_squad_task(tmp_path / "squad", n_train=2, n_dev=2)

@@ -18,6 +18,11 @@ REQUIRED = ("cls_token", "sep_token", "mask_token", "pad_token")
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
+def has_vocabulary(folder: str | Path) -> bool:
+    """Whether a tokenizer folder holds one of VOCAB_FILES."""
+    return any((Path(folder) / name).is_file() for name in VOCAB_FILES)
+
+
 def demo_tokenizer_path() -> str:
     """The bert-base-uncased vocabulary shipped with the optional teacher package."""
     try:
@@ -34,7 +39,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     folder = demo_tokenizer_path() if str(path) == DEMO else str(path)
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"tokenizer folder {folder} not found")
-    if not any((Path(folder) / name).is_file() for name in VOCAB_FILES):
+    if not has_vocabulary(folder):
         raise FileNotFoundError(f"tokenizer folder {folder} has no {' or '.join(VOCAB_FILES)}: its vocabulary is "
                                 "missing; pass a complete transformers tokenizer folder")
     try:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
                           AutoTokenizer, DataCollatorWithPadding, PreTrainedModel, Trainer)
 
+from atb.data.tokenizer import has_vocabulary
 from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import NO_LABEL, Task
 
@@ -58,7 +59,7 @@ def load_teacher(folder: Path, task: Task, tokenizer: Any, trust_remote_code: bo
 
 
 def _folder_vocab(folder: Path, trust: bool) -> dict[str, int] | None:
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+    if not has_vocabulary(folder):
         return None
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust).get_vocab()
 

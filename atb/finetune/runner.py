@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from atb.cli import config_record
+from atb.data.tokenizer import VOCAB_FILES, has_vocabulary
 from atb.finetune import classification, distill, qa
 from atb.finetune.bow_baseline import BOW_MODEL, bow_baseline
 from atb.finetune.config import FinetuneConfig, check_inputs
@@ -41,9 +42,6 @@ from atb.model.bert_source import declared_pooling
 from atb.model.extract import ARCH_JSON, MODELING_FILE, MODELING_MODULE, count_params, tinybert_config
 from atb.train import ds_config as ds
 from atb.train.distributed import init_distributed
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.task`; returns what it writes to `<out_dir>/metrics.json`."""
@@ -188,9 +186,9 @@ def _publish_baseline(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _load_tokenizer(cfg: FinetuneConfig, model_dir: Path, trust_model_code: bool):
     source = Path(cfg.tokenizer) if cfg.tokenizer else model_dir
-    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+    if not has_vocabulary(source):
         hint = "" if cfg.tokenizer else "; pass --tokenizer <folder>"
-        raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}{hint}")
+        raise FileNotFoundError(f"no tokenizer vocabulary ({' or '.join(VOCAB_FILES)}) in {source}{hint}")
     # AutoTokenizer reads the folder's config too: an atb export's config needs its (trusted) modeling file
     trust = trust_model_code if source == model_dir else cfg.trust_remote_code
     return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust)

@@ -18,7 +18,7 @@ import torch
 
 from atb.data import load_tokenizer
 from atb.data.loader import masked_batches
-from atb.data.tokenizer import VOCAB_FILES
+from atb.data.tokenizer import has_vocabulary
 from atb.model.bert_source import SourceDims, build_model, content_hash, has_mlm_head, read_config, source_dims
 from atb.model.ffn_order import compute_ffn_orders
 from atb.model.head_basis import compute_head_bases
@@ -68,7 +68,7 @@ def resolve_defaults(cfg: PretrainConfig) -> Source | None:
             raise ValueError("--train_tokenizer_vocab cannot be used with --init_from a pre-trained model: "
                              "its embeddings belong to its own tokenizer")
         if cfg.tokenizer == "auto":
-            has_tokenizer = any((Path(cfg.init_from) / f).is_file() for f in VOCAB_FILES)
+            has_tokenizer = has_vocabulary(cfg.init_from)
             cfg.tokenizer = cfg.init_from if has_tokenizer else "demo"
         if cfg.max_positions == 0:
             cfg.max_positions = source.dims.max_positions
@@ -122,7 +122,7 @@ def check_tokenizer(cfg: PretrainConfig, tokenizer, folder: Source) -> None:
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens but the source {source} has a "
                          f"vocab of {vocab_size}: use the source's own tokenizer (--tokenizer {source})")
-    if Path(cfg.tokenizer).resolve() != source.resolve() and any((source / f).is_file() for f in VOCAB_FILES):
+    if Path(cfg.tokenizer).resolve() != source.resolve() and has_vocabulary(source):
         if load_tokenizer(str(source)).get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"tokenizer {cfg.tokenizer} does not match the source {source}'s vocabulary; "
                              f"use the source's own (--tokenizer {source})")
