@@ -70,7 +70,8 @@ def main() -> None:
     recipe = {"train_file": str(labelled), "dev_file": str(dev), "epochs": args.epochs, "lr": args.lr,
               "max_seq_len": args.max_seq_len, "eval_test": False}
     source = run(source_path(args.source), out / "source", recipe, seed=0)
-    kd = {"teacher": str(out / "source" / "model"), "kd_alpha": args.kd_alpha, "kd_temperature": args.kd_temperature}
+    kd = {"teacher": str(out / "source" / "model"), "kd_alpha": args.kd_alpha, "kd_temperature": args.kd_temperature,
+          "teacher_cache": str(out / "teacher_outputs")}
     print(f"source (teacher), seed 0, {args.train_rows} labelled rows: dev accuracy {source:.4f}")
     ratios = []
     for student in args.students.split(","):

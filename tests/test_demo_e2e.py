@@ -87,6 +87,8 @@ def test_micro_demo_end_to_end(tmp_path, source):
                          config["seed"])["text_a"]
     unlabelled = [json.loads(line)["sentence"] for line in Path(config["unlabelled_file"]).read_text().splitlines()]
     assert len(unlabelled) == 32 and not set(unlabelled) & set(labelled)
+    # the students share one tokenizer and the same rows: the teacher scored them once for all
+    assert len(list((out / "finetune" / "movie_sentiment" / "teacher_outputs").iterdir())) == 1
     report = (out / "report.md").read_text()
     assert all(row["arch_name"] in report for row in manifest)
     for reference in ("source", "tfidf"):

@@ -86,6 +86,52 @@ def test_each_feature_carries_the_outputs_the_teacher_gives_it_alone(exports, tm
             assert torch.softmax(batch[key], dim=-1)[padding].max() < 1e-30
 
 
+def test_a_teacher_cache_gives_the_outputs_scoring_gives_and_scores_each_set_of_rows_once(exports, tmp_path):
+    """Runs of one teacher on the same rows read its outputs from --teacher_cache instead of scoring again;
+    other rows or other weights are scored anew; a damaged entry is refused in one line."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from atb.finetune import classification, distill
+
+    task_dir = write_sst2_task(tmp_path / "task")
+    finetune(fast_cfg(exports["tinybert"], task_dir, tmp_path / "teacher", epochs=1))
+    task = load_task(fast_cfg(exports["tinybert"], task_dir, tmp_path / "unused"))
+    tokenizer = AutoTokenizer.from_pretrained(str(exports["tinybert"]), trust_remote_code=True)
+    teacher = distill.load_teacher(tmp_path / "teacher" / "model", task, tokenizer, False)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    features = classification.encode(task.splits["train"].select(range(20)), tokenizer, 32)
+    cache = tmp_path / "cache"
+
+    def scored(rows=features, model=teacher):
+        calls.clear()
+        out = distill.add_teacher_outputs(model, rows, tokenizer, task.task_type, 8, cache)
+        return out, len(calls)
+
+    reference = distill.add_teacher_outputs(teacher, features, tokenizer, task.task_type, 8)
+    first, first_calls = scored()
+    again, again_calls = scored()
+    assert first_calls == 3 and again_calls == 0 and len(list(cache.iterdir())) == 1
+    assert first["teacher_logits"] == reference["teacher_logits"] == again["teacher_logits"]
+    assert again.column_names == reference.column_names and again["input_ids"] == features["input_ids"]
+    _, other_rows = scored(classification.encode(task.splits["train"].select(range(1, 21)), tokenizer, 32))
+    changed = distill.load_teacher(tmp_path / "teacher" / "model", task, tokenizer, False)
+    with torch.no_grad():
+        changed.classifier.bias.add_(1.0)
+    changed.register_forward_hook(lambda *_: calls.append(1))
+    changed_out, changed_calls = scored(model=changed)
+    assert other_rows == 3 and changed_calls == 3 and len(list(cache.iterdir())) == 3
+    assert changed_out["teacher_logits"] != reference["teacher_logits"]
+    for entry in cache.iterdir():
+        shutil.rmtree(entry)
+        entry.mkdir()
+    with pytest.raises(ValueError, match="--teacher_cache: .* delete it to score again"):
+        scored()
+
+
 def test_the_soft_loss_is_the_tempered_kl_divergence_from_the_teacher():
     import torch
     from torch.distributions import Categorical, kl_divergence

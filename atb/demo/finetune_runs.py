@@ -40,6 +40,7 @@ def run_specs(out: Path, sizes: Sizes, tasks: list[str], models: dict[str, str],
             if teacher_row is not None:
                 run["teacher"] = str(finetune_dir(out, task, teacher_row) / "model")
                 run["unlabelled_file"] = str(unlabelled_text(out, task, sizes.finetune_train, sizes.finetune_unlabelled))
+                run["teacher_cache"] = str(out / "finetune" / task / "teacher_outputs")  # scored once per task
             runs.append(run)
     return runs
 

@@ -55,6 +55,7 @@ class FinetuneConfig:
     kd_alpha: float = 0.5  # with --teacher: weight of the teacher's soft targets in the loss (the labels get the rest)
     kd_temperature: float = 2.0  # with --teacher: softmax temperature of the soft targets
     unlabelled_file: str | None = None  # with --teacher: more of the task's text without labels (the train file's columns), learnt from the teacher's outputs alone
+    teacher_cache: str | None = None  # with --teacher: a folder keeping the teacher's outputs, which later runs with the same teacher and rows read (several students of one teacher)
     deploy: str = "none"  # onnxruntime or onnxruntime-int8: also export the fine-tuned model to ONNX (int8: quantized) and score it there
     report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb
     logging_steps: int = 50  # Trainer logs every N steps
@@ -77,6 +78,8 @@ class FinetuneConfig:
             raise ValueError("--teacher: the tfidf baseline does not learn from a teacher")
         if self.unlabelled_file is not None and self.teacher is None:
             raise ValueError("--unlabelled_file needs --teacher: the teacher's outputs are what those rows teach")
+        if self.teacher_cache is not None and self.teacher is None:
+            raise ValueError("--teacher_cache needs --teacher: it keeps the teacher's outputs")
         if not 0 < self.kd_alpha <= 1:
             raise ValueError(f"--kd_alpha must be in (0, 1], got {self.kd_alpha}")
         if self.kd_temperature <= 0:
@@ -113,8 +116,8 @@ def finished_record(cfg: FinetuneConfig) -> dict | None:
         record = json.loads(path.read_text())
     except (ValueError, OSError):
         return None
-    def settings(config: dict) -> dict:  # --overwrite says what to do with a folder, not how the run goes
-        return {k: v for k, v in config.items() if k != "overwrite"}
+    def settings(config: dict) -> dict:  # these say where files go, not how the run goes
+        return {k: v for k, v in config.items() if k not in ("overwrite", "teacher_cache")}
 
     wanted = settings(json.loads(json.dumps(dataclasses.asdict(cfg))))
     same = isinstance(record, dict) and isinstance(record.get("config"), dict) and settings(record["config"]) == wanted

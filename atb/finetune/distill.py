@@ -15,6 +15,7 @@ few thousand labelled rows passes what it learnt on through many more unlabelled
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelFo
 from atb.data.tokenizer import has_vocabulary
 from atb.finetune.remote_code import allow_remote_code
 from atb.finetune.tasks import NO_LABEL, Task
+from atb.fsutil import atomic_dir
 
 # a padded position of a QA window gets this teacher logit: probability zero after the softmax
 PAD_LOGIT = -1e4
@@ -76,12 +78,51 @@ def _check_head(folder: Path, config: Any, task: Task) -> None:
                          "the teacher on this task first")
 
 
-@torch.inference_mode()
 def add_teacher_outputs(teacher: PreTrainedModel, features: datasets.Dataset, tokenizer: Any, task_type: str,
-                        batch_size: int) -> datasets.Dataset:
-    """`features` with the teacher's outputs for each row as extra columns (QA: cut to the window's length)."""
+                        batch_size: int, cache: Path | None = None) -> datasets.Dataset:
+    """`features` with the teacher's outputs for each row as extra columns (QA: cut to the window's length).
+
+    With `cache`, outputs are kept in a folder under it named by the teacher's weights and the features'
+    inputs, so later runs with the same teacher on the same rows (several students) read them instead."""
+    if cache is None:
+        return datasets.concatenate_datasets([features, _score(teacher, features, tokenizer, task_type, batch_size)],
+                                             axis=1)
+    folder = cache / _cache_key(teacher, features, task_type, batch_size)
+    if not folder.is_dir():
+        with atomic_dir(folder, first_wins=True) as tmp:  # ranks and runs scoring at once keep the first
+            _score(teacher, features, tokenizer, task_type, batch_size).save_to_disk(str(tmp))
+    try:
+        scores = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--teacher_cache: {folder} is not a saved dataset of teacher outputs ({err}); "
+                         "delete it to score again") from None
+    if len(scores) != len(features) or set(scores.column_names) != set(teacher_keys(task_type)):
+        raise ValueError(f"--teacher_cache: {folder} does not hold this run's teacher outputs; delete it to score again")
+    return datasets.concatenate_datasets([features, scores], axis=1)
+
+
+def _cache_key(teacher: PreTrainedModel, features: datasets.Dataset, task_type: str, batch_size: int) -> str:
+    """sha256 over everything the outputs depend on: weights, inputs, head type, batching, device, dtype."""
+    digest = hashlib.sha256(f"{task_type} {batch_size} {teacher.device} {teacher.dtype}".encode())
+    for name, tensor in teacher.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for column in _input_columns(features):
+        for ids in features[column]:
+            digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()[:32]
+
+
+def _input_columns(features: datasets.Dataset) -> list[str]:
+    return [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
+
+
+@torch.inference_mode()
+def _score(teacher: PreTrainedModel, features: datasets.Dataset, tokenizer: Any, task_type: str,
+           batch_size: int) -> datasets.Dataset:
+    """The teacher's outputs for each feature, one column per `teacher_keys`, in the features' order."""
     collate = DataCollatorWithPadding(tokenizer)
-    inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
+    inputs = _input_columns(features)
     columns: dict[str, list] = {key: [None] * len(features) for key in teacher_keys(task_type)}
     # batches of similar length pad less; each row's outputs go back to its place
     order = np.argsort([len(ids) for ids in features["input_ids"]], kind="stable").tolist()
@@ -97,9 +138,7 @@ def add_teacher_outputs(teacher: PreTrainedModel, features: datasets.Dataset, to
         else:
             for row, values in zip(rows, outputs.logits.float().tolist()):
                 columns["teacher_logits"][row] = values
-    for key, values in columns.items():
-        features = features.add_column(key, values)
-    return features
+    return datasets.Dataset.from_dict(columns)
 
 
 class DistillationCollator:

@@ -79,8 +79,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     trainer = _trainer(cfg, model, tokenizer, train_features, staging, task.task_type, *ds_setup)
     if teacher is not None:  # scored on the device the Trainer resolved for this rank
+        cache = Path(cfg.teacher_cache).expanduser() if cfg.teacher_cache else None
         trainer.train_dataset = distill.add_teacher_outputs(teacher.to(trainer.args.device), train_features,
-                                                            tokenizer, task.task_type, cfg.eval_batch_size)
+                                                            tokenizer, task.task_type, cfg.eval_batch_size, cache)
         del teacher
     started = time.perf_counter()
     train_output = trainer.train()
