@@ -206,6 +206,7 @@ def test_bad_inputs_fail_clearly_and_keep_checkpoints(corpus_and_tokenizer, tmp_
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
     fails("not found", corpus=tmp_path / "missing.txt")
+    fails("tokenizer folder", tokenizer=tmp_path / "missing")
     if not torch.cuda.is_available():  # no fp16 engine on the CPU: a clear error, not DeepSpeed's assertion
         fails("fp16", ds_config="zero2_fp16", out=tmp_path / "fresh")
     fails("--bogus", bogus=1)

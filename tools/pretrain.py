@@ -10,10 +10,11 @@ Re-running with the same --out_dir resumes from its latest complete checkpoint (
 from __future__ import annotations
 
 from atb.cli import run_cli
-from atb.train.config import PretrainConfig
+from atb.train.config import PretrainConfig, check_paths
 
 
 def run(cfg: PretrainConfig) -> None:
+    check_paths(cfg)
     from atb.train.pretrain import train
 
     train(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -88,3 +89,13 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"--seq_len {self.seq_len} exceeds --max_positions {self.max_positions}")
         if self.inplace_distill and (self.sampling != "sandwich" or self.objective != "mlm"):
             raise ValueError("--inplace_distill needs --sampling sandwich and --objective mlm")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """The input checks that need no heavy imports, so that a mistyped path fails in a fraction of a second
+    (the loaders check again, with everything else)."""
+    for item in cfg.corpus:
+        if str(item) != "demo" and not Path(item).exists():
+            raise FileNotFoundError(f"corpus {item} not found")
+    if cfg.tokenizer not in ("auto", "demo") and not Path(cfg.tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {cfg.tokenizer} not found")
