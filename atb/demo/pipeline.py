@@ -66,7 +66,7 @@ SIZES = {
                    search_preset="tiny", search_generations=1, dev_batches=1, develop_steps=3, finetune_epochs=1.0,
                    finetune_train=64, finetune_eval=64, finetune_unlabelled=32, finetune_restarts=0,
                    latency_flags=("--repeats", 3, "--warmup", 1, "--min_time_s", 0, "--seq", 32, "--probe", "true"),
-                   fit_flags=("--ensemble", 1, "--ridge", 1e-3, "--accept_poor_fit", "true"), targets="1.25x,1.5x,2x",
+                   fit_flags=("--ensemble", 1, "--ridge", 1e-3, "--accept_poor_fit", "true"), targets="1.5x,2x",
                    narrowed_search=False),
 }
 SOURCE_NAME = "source"  # the compressed model itself, fine-tuned as a reference row
