@@ -103,7 +103,7 @@ def add_teacher_outputs(teacher: PreTrainedModel, features: datasets.Dataset, to
 
 def _cache_key(teacher: PreTrainedModel, features: datasets.Dataset, task_type: str, batch_size: int) -> str:
     """sha256 over everything the outputs depend on: weights, inputs, head type, batching, device, dtype."""
-    digest = hashlib.sha256(f"{task_type} {batch_size} {teacher.device} {teacher.dtype}".encode())
+    digest = hashlib.sha256(f"{task_type} {batch_size} {teacher.device.type} {teacher.dtype}".encode())
     for name, tensor in teacher.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

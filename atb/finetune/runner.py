@@ -43,6 +43,7 @@ from atb.model.extract import ARCH_JSON, MODELING_FILE, MODELING_MODULE, count_p
 from atb.train import ds_config as ds
 from atb.train.distributed import init_distributed
 
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model` on `cfg.task`; returns what it writes to `<out_dir>/metrics.json`."""
     check_inputs(cfg)
