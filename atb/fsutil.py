@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -103,8 +103,21 @@ def publish_staging(staging: Path, final: Path) -> None:
     publish_dir(staging, final)
 
 
+def files_sha256(paths: Iterable[str | Path], with_names: bool = False) -> str:
+    """One sha256 over the files' bytes in the order given (each preceded by its name, `with_names`), read in
+    blocks so that a weights file is never held in memory whole."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        if with_names:
+            digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return files_sha256([path])
 
 
 def read_json(path: str | Path, what: str) -> Any:

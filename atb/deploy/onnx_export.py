@@ -10,7 +10,6 @@ would be timed, and served, as if it were the model).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from atb.deploy.runtime import ORT_FP32, ORT_INT8, check_runtime, require
-from atb.fsutil import read_json, write_json_atomic
+from atb.fsutil import files_sha256, read_json, write_json_atomic
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -147,12 +146,7 @@ def weights_hash(folder: str | Path) -> str:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(files)
 
 
 def export_folder(folder: str | Path, head: str = "auto", int8: bool = True, opset: int = DEFAULT_OPSET,

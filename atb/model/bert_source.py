@@ -9,7 +9,6 @@ attention) is refused with the model type named, rather than half-copied.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
+
+from atb.fsutil import files_sha256
 
 BERT_FAMILY = ("bert", "atb_tinybert")
 ROBERTA_FAMILY = ("roberta", "xlm-roberta")
@@ -126,13 +127,7 @@ def weights_file(folder: str | Path) -> Path:
 
 def content_hash(folder: str | Path) -> str:
     """sha256 over the config and the weights: what importance scores and orders were computed from."""
-    digest = hashlib.sha256()
-    for path in (Path(folder) / "config.json", weights_file(folder)):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return files_sha256([Path(folder) / "config.json", weights_file(folder)], with_names=True)
 
 
 def load_state(folder: str | Path, normalise: bool = True) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@ importance-ordered copy of the source folder that a SuperPLM and its teacher sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from atb.fsutil import atomic_dir, write_json_atomic
+from atb.fsutil import atomic_dir, file_sha256, write_json_atomic
 from atb.model.bert_source import CONVERTED_FROM, SourceDims, load_state, read_config
 from atb.model.importance import Importance
 from atb.model.permute import ModelOrder, permute_state_dict
@@ -57,10 +56,6 @@ def read_importance(path: str | Path, source_hash: str, space: dict[str, Any], e
     return importance, order
 
 
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def write_ordered_folder(source: str | Path, order: ModelOrder, dest: str | Path, importance_file: str | Path) -> Path:
     """A copy of `source` (config, tokenizer, modeling files) with its weights permuted by `order`.
 
@@ -69,7 +64,7 @@ def write_ordered_folder(source: str | Path, order: ModelOrder, dest: str | Path
     """
     dest, importance_file = Path(dest), Path(importance_file)
     record = {"source": str(Path(source).resolve()), "importance_file": str(importance_file.resolve()),
-              "importance_sha256": file_digest(importance_file)}
+              "importance_sha256": file_sha256(importance_file)}
     existing = dest / ORDER_RECORD
     if existing.is_file() and json.loads(existing.read_text()) == record:
         return dest
