@@ -146,29 +146,75 @@ def test_the_soft_loss_is_the_tempered_kl_divergence_from_the_teacher():
     assert torch.allclose(soft_loss(teacher, teacher, 2.0), torch.zeros(7), atol=1e-6)
 
 
-def _unlabelled_file(task: Path, out: Path) -> Path:
-    """The task's training text without its label column."""
+def _unlabelled_file(task: Path, kind: str, out: Path) -> Path:
+    """The task's training text without its labels: the sentence column, or the questions without answers."""
+    if kind == "qa":
+        data = json.loads((task / "train-v1.1.json").read_text())
+        for paragraph in data["data"][0]["paragraphs"]:
+            for qa in paragraph["qas"]:
+                del qa["answers"]
+        out.write_text(json.dumps(data))
+        return out
     lines = (task / "train.tsv").read_text().splitlines()
     out.write_text("sentence\n" + "".join(line.rsplit("\t", 1)[0] + "\n" for line in lines[1:]))
     return out
 
 
-def test_rows_without_labels_learn_the_teachers_outputs(exports, tmp_path):
-    """24 labelled rows that contradict the task, weighted nine to one against the teacher, and 240 rows of
-    the task's text without labels: the student learns the task from the teacher through the unlabelled
-    rows, and without them it learns what its labels say."""
-    task = write_sst2_task(tmp_path / "task")
-    few = write_sst2_task(tmp_path / "few", n_train=24, seed=5)
-    shutil.copy2(task / "dev.tsv", few / "dev.tsv")
-    wrong = contradicting_copy(few, "classification", tmp_path / "wrong")
-    finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6))
-    recipe = {"epochs": 6, "teacher": str(tmp_path / "teacher" / "model"), "kd_alpha": 0.1}
+@pytest.mark.parametrize("kind", ["classification", "qa"])
+def test_rows_without_labels_learn_the_teachers_outputs(exports, tmp_path, kind):
+    """24 labelled rows that contradict the task, weighted nine to one against the teacher, and the task's
+    text without labels: the student learns the task from the teacher through the unlabelled rows, and
+    without them it does not."""
+    writer, extra = (write_squad_task, QA) if kind == "qa" else (write_sst2_task, {})
+    task = writer(tmp_path / "task")
+    few = writer(tmp_path / "few", n_train=24, seed=5)
+    for dev in task.glob("dev*"):
+        shutil.copy2(dev, few / dev.name)
+    wrong = contradicting_copy(few, kind, tmp_path / "wrong")
+    finetune(fast_cfg(exports["tinybert"], task, tmp_path / "teacher", epochs=6, **extra))
+    recipe = {"epochs": 6, "teacher": str(tmp_path / "teacher" / "model"), "kd_alpha": 0.1, **extra}
     alone = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "alone", **recipe))
-    taught = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "taught", **recipe,
-                               unlabelled_file=str(_unlabelled_file(task, tmp_path / "text.tsv"))))
-    assert alone["dev"]["accuracy"] < 0.45 and taught["dev"]["accuracy"] >= 0.9
-    assert taught["sizes"]["train_used"] == 24 and taught["sizes"]["unlabelled"] == 240
-    assert taught["sizes"]["train_features"] == 264 and "unlabelled" not in taught  # not scored
+    text = _unlabelled_file(task, kind, tmp_path / ("text.json" if kind == "qa" else "text.tsv"))
+    taught = finetune(fast_cfg(exports["tinybert"], wrong, tmp_path / "taught", **recipe, unlabelled_file=str(text)))
+    bar = {"classification": 0.9, "qa": 80.0}[kind]
+    assert _score(alone, kind) < bar / 2 and _score(taught, kind) >= bar
+    rows = len(load_task(fast_cfg(exports["tinybert"], task, tmp_path / "unused", **extra)).splits["train"])
+    assert taught["sizes"]["train_used"] == 24 and taught["sizes"]["unlabelled"] == rows
+    assert taught["sizes"]["train_features"] >= 24 + rows and "unlabelled" not in taught  # not scored
+
+
+def test_every_window_of_a_question_without_answers_learns_from_the_teacher_alone(exports, tmp_path):
+    """An unlabelled question's windows carry no positions and count as unlabelled rows: the trainer mixes in their
+    soft loss alone."""
+    import torch
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from atb.finetune import distill, qa
+    from atb.finetune.runner import _load_model
+    from atb.finetune.tasks import NO_LABEL
+
+    task_dir = write_squad_task(tmp_path / "task", n_train=6, n_dev=2)
+    text = _unlabelled_file(task_dir, "qa", tmp_path / "text.json")
+    cfg = fast_cfg(exports["tinybert"], task_dir, tmp_path / "unused", unlabelled_file=str(text), **QA)
+    task = load_task(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(exports["tinybert"]), trust_remote_code=True)
+    labelled = qa.encode_train(task.splits["train"], tokenizer, 32, 4)
+    unlabelled = qa.encode_train(task.splits["unlabelled"], tokenizer, 32, 4)
+    assert len(unlabelled) == len(labelled) > len(task.splits["train"])  # several windows per question
+    assert set(unlabelled["start_positions"]) == set(unlabelled["end_positions"]) == {NO_LABEL["qa"]}
+    assert NO_LABEL["qa"] not in set(labelled["start_positions"]) | set(labelled["end_positions"])
+    rows = [dict(f) for f in labelled.select(range(3))] + [dict(f) for f in unlabelled.select(range(3))]
+    batch = DataCollatorWithPadding(tokenizer)(rows)
+    targets = {k: batch.pop(k) for k in ("start_positions", "end_positions")}
+    torch.manual_seed(0)
+    model = _load_model(exports["tinybert"], task, tokenizer, cfg, True).eval()
+    with torch.no_grad():
+        outputs = model(**batch)
+    teacher = {"teacher_start_logits": torch.randn_like(outputs.start_logits),
+               "teacher_end_logits": torch.randn_like(outputs.end_logits)}
+    hard, soft, is_labelled = distill.row_losses("qa", outputs, {**targets, **teacher}, 2.0)
+    assert is_labelled.tolist() == [True] * 3 + [False] * 3
+    assert torch.isfinite(hard).all() and torch.isfinite(soft).all()
 
 
 @pytest.mark.parametrize("kind", ["classification", "regression", "qa"])
@@ -228,7 +274,7 @@ def test_a_teacher_that_does_not_fit_is_refused_before_any_work(exports, tmp_pat
         finetune(fast_cfg(exports["tinybert"], sst2, out, teacher=teacher,
                           unlabelled_file=str(tmp_path / "other_columns.tsv")))
     squad = write_squad_task(tmp_path / "squad", n_train=2, n_dev=2)
-    with pytest.raises(ValueError, match="classification and regression tasks only"):
+    with pytest.raises(ValueError, match="--unlabelled_file .* must be SQuAD v1.1 JSON"):
         finetune(fast_cfg(exports["tinybert"], squad, out, teacher=teacher, unlabelled_file=str(sst2 / "train.tsv")))
     for flags, message in (({"model": "tfidf"}, "tfidf baseline does not learn"), ({"kd_alpha": 0.0}, "--kd_alpha"),
                            ({"kd_alpha": 1.5}, "--kd_alpha"), ({"kd_temperature": 0.0}, "--kd_temperature")):

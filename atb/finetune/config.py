@@ -54,7 +54,7 @@ class FinetuneConfig:
     teacher: str | None = None  # the source fine-tuned on this task (its out_dir/model): also learn its outputs (task distillation)
     kd_alpha: float = 0.5  # with --teacher: weight of the teacher's soft targets in the loss (the labels get the rest)
     kd_temperature: float = 2.0  # with --teacher: softmax temperature of the soft targets
-    unlabelled_file: str | None = None  # with --teacher: more of the task's text without labels (the train file's columns), learnt from the teacher's outputs alone
+    unlabelled_file: str | None = None  # with --teacher: more of the task's text without labels (the train file's columns; QA: SQuAD JSON, answers unread), learnt from the teacher's outputs alone
     teacher_cache: str | None = None  # with --teacher: a folder keeping the teacher's outputs, which later runs with the same teacher and rows read (several students of one teacher)
     deploy: str = "none"  # onnxruntime or onnxruntime-int8: also export the fine-tuned model to ONNX (int8: quantized) and score it there
     report_to: list[str] = field(default_factory=lambda: ["none"])  # Trainer integrations: none, tensorboard, wandb

@@ -9,7 +9,7 @@ columns, so each epoch costs what plain fine-tuning costs. Each row's loss is th
     soft = T^2 * KL(softmax(teacher / T) || softmax(student / T))     classification, QA start and end
     soft = MSE(student, teacher)                                      regression
 
-A row without a label (`--unlabelled_file`: more of the task's text, which a teacher can score but nobody
+A row without a label (`--unlabelled_file`: more of the task's text or questions, which a teacher can score but nobody
 labelled) learns from the soft term alone. That is where distillation pays most: a teacher fine-tuned on a
 few thousand labelled rows passes what it learnt on through many more unlabelled ones (bench/RESULTS.md)."""
 
@@ -173,13 +173,14 @@ def row_losses(task_type: str, outputs: Any, inputs: dict[str, torch.Tensor],
     against the teacher (None without teacher outputs), and which rows have a label."""
     if task_type == "qa":
         ends = (outputs.start_logits, outputs.end_logits)
-        hard = sum(F.cross_entropy(logits.float(), inputs[key], reduction="none")
+        labelled = inputs["start_positions"] != NO_LABEL["qa"]
+        hard = sum(F.cross_entropy(logits.float(), torch.where(labelled, inputs[key], 0), reduction="none")
                    for logits, key in zip(ends, ("start_positions", "end_positions"))) / 2
         soft = None
         if "teacher_start_logits" in inputs:
             soft = sum(soft_loss(s, inputs[k], temperature)
                        for s, k in zip(ends, ("teacher_start_logits", "teacher_end_logits"))) / 2
-        return hard, soft, torch.ones_like(hard, dtype=torch.bool)
+        return hard, soft, labelled
     logits, labels = outputs.logits.float(), inputs["labels"]
     teacher = inputs.get("teacher_logits")
     if task_type == "regression":

@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 
 from atb.finetune import metrics
+from atb.finetune.tasks import NO_LABEL
 
 MAX_QUESTION_TOKENS = 64  # as in BERT's run_squad: longer questions are cut, the context keeps its room
 Offsets = Sequence[Sequence[int] | None]
@@ -29,7 +30,8 @@ def check_window(max_seq_len: int, doc_stride: int) -> None:
 
 
 def encode_train(examples: datasets.Dataset, tokenizer: Any, max_seq_len: int, doc_stride: int) -> datasets.Dataset:
-    """Features with start/end token labels; a window that does not contain the answer points at [CLS]."""
+    """Features with start/end token labels; a window that does not contain the answer points at [CLS], and a
+    question without answers (an --unlabelled_file's) gets NO_LABEL for both."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = _windows(batch, tokenizer, max_seq_len, doc_stride)
@@ -37,6 +39,10 @@ def encode_train(examples: datasets.Dataset, tokenizer: Any, max_seq_len: int, d
         starts, ends = [], []
         for i, offsets in enumerate(enc.pop("offset_mapping")):
             answers = batch["answers"][sample_of[i]]
+            if not answers["text"]:
+                starts.append(NO_LABEL["qa"])
+                ends.append(NO_LABEL["qa"])
+                continue
             start_char = answers["answer_start"][0]
             span = token_span(offsets, enc.sequence_ids(i), start_char, start_char + len(answers["text"][0]))
             starts.append(span[0])

@@ -19,7 +19,7 @@ import datasets
 
 from atb.finetune import files
 from atb.finetune.config import FinetuneConfig
-from atb.finetune.squad import read_squad
+from atb.finetune.squad import SQUAD_FEATURES, read_squad
 from atb.fsutil import write_text_atomic
 
 TEXT_COLUMN_CANDIDATES = (
@@ -27,8 +27,9 @@ TEXT_COLUMN_CANDIDATES = (
     ("question", "sentence"), ("premise", "hypothesis"), ("sentence",), ("text",),
 )
 LABEL_COLUMN_CANDIDATES = ("label", "gold_label", "Quality", "score")
-# the label of an unlabelled row (--unlabelled_file): cross-entropy's usual ignore index, or not a number
-NO_LABEL = {"classification": -100, "regression": math.nan}
+# the label of an unlabelled row (--unlabelled_file): cross-entropy's usual ignore index (a QA row's start and
+# end positions), or not a number
+NO_LABEL = {"classification": -100, "regression": math.nan, "qa": -100}
 
 
 @dataclass
@@ -48,12 +49,10 @@ def load_task(cfg: FinetuneConfig) -> Task:
     paths = _split_paths(cfg, folder)
     name = Path(cfg.task).name if cfg.task else paths["train"].parent.name
     is_squad = files.file_format(paths["train"]) == "json"
-    if cfg.task_type == "qa" or (cfg.task_type == "auto" and is_squad):
-        if cfg.unlabelled_file:
-            raise ValueError("--unlabelled_file: classification and regression tasks only, not QA")
-        return _load_qa(cfg, name, paths)
     if cfg.unlabelled_file:
         paths["unlabelled"] = Path(cfg.unlabelled_file).expanduser()
+    if cfg.task_type == "qa" or (cfg.task_type == "auto" and is_squad):
+        return _load_qa(cfg, name, paths)
     if is_squad:
         raise ValueError(f"{paths['train']} is JSON, which atb reads as SQuAD; --task_type {cfg.task_type} "
                          "needs TSV, CSV or JSONL files")
@@ -270,9 +269,10 @@ def _load_qa(cfg: FinetuneConfig, name: str, paths: dict[str, Path]) -> Task:
     task = Task(name, "qa", {}, dict(paths), ["question", "context"])
     for split, path in paths.items():
         if files.file_format(path) != "json":
-            raise ValueError(f"QA {split} file {path} must be SQuAD v1.1 JSON (.json)")
-        examples = read_squad(path, check_spans=split == "train")
+            what = "--unlabelled_file" if split == "unlabelled" else f"QA {split} file"
+            raise ValueError(f"{what} {path} must be SQuAD v1.1 JSON (.json) for a QA task")
+        examples = read_squad(path, check_spans=split == "train", labelled=split != "unlabelled")
         if not examples["id"]:
             raise ValueError(f"{split} split {path} has no questions")
-        task.splits[split] = datasets.Dataset.from_dict(examples)
+        task.splits[split] = datasets.Dataset.from_dict(examples, features=SQUAD_FEATURES)
     return task
