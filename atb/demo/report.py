@@ -187,7 +187,8 @@ def _dev_note(source_metrics: dict) -> str:
     error = math.sqrt(acc * (1 - acc) / used)
     rows = f"all {used}" if used >= sizes.get("dev", 0) else f"{used} of {sizes['dev']}"
     return (f" Scored on {rows} dev rows, one fine-tuning seed per row: at the source's accuracy one standard "
-            f"error is {100 * error:.1f} points from the dev rows alone, and a seed moves a row about as much.")
+            f"error is {100 * error:.1f} points from the dev rows alone, and another fine-tuning seed can move a row "
+            "by several times that.")
 
 
 def _rows_used(out: Path, tasks: list[str], manifest: dict) -> list[str]:
