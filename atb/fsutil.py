@@ -120,6 +120,14 @@ def file_sha256(path: str | Path) -> str:
     return files_sha256([path])
 
 
+def require_path(path: str | Path, what: str) -> Path:
+    """`path`, refused in one line when nothing is there."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
 def read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atb.cli import run_cli
+from atb.fsutil import require_path
 
 
 @dataclass
@@ -35,7 +36,8 @@ def run(cfg: ExtractConfig) -> None:
     arch = Arch.parse(cfg.arch)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"output folder {cfg.out} already exists; choose another or pass --overwrite")
-    # torch and transformers take seconds to import: a mistyped flag is refused before that
+    # torch and transformers take seconds to import: a mistyped flag or path is refused before that
+    require_path(cfg.checkpoint, "SuperPLM checkpoint")
     from atb.model.extract import extract
     from atb.train.consolidate import load_supernet_or_checkpoint
 

@@ -16,10 +16,13 @@ twice. Outputs: results.json, candidates.jsonl, pareto.png in --out_dir.
 from __future__ import annotations
 
 from atb.cli import run_cli
+from atb.fsutil import require_path
 from atb.search.config import SearchConfig
 
 
 def run(cfg: SearchConfig) -> None:
+    if cfg.checkpoint:  # refused before the seconds of heavy imports; the search reports a missing flag itself
+        require_path(cfg.checkpoint, "SuperPLM checkpoint")
     from atb.search import run_search
 
     results = run_search(cfg)

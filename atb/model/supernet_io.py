@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from atb.fsutil import atomic_dir, read_json, write_json_atomic
+from atb.fsutil import atomic_dir, read_json, require_path, write_json_atomic
 from atb.model.elastic import SuperBert, SuperBertConfig
 
 SUPERNET_JSON = "supernet.json"
@@ -61,9 +61,7 @@ def is_supernet_folder(path: Path) -> bool:
 
 def load_supernet(path: str | Path) -> tuple[SuperBert, dict[str, Any]]:
     """(model, meta) of a SuperPLM folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
+    path = require_path(path, "SuperPLM checkpoint")
     if not is_supernet_folder(path):
         raise FileNotFoundError(f"{path} is not a SuperPLM folder (no {SUPERNET_JSON})")
     info = read_json(path / SUPERNET_JSON, "SuperPLM config")

@@ -22,7 +22,7 @@ import torch
 
 from atb.data import load_tokenizer
 from atb.data.tokenizer import demo_tokenizer_path
-from atb.fsutil import read_json
+from atb.fsutil import read_json, require_path
 from atb.model.supernet_io import SUPERNET_JSON, is_supernet_folder, load_supernet, save_supernet
 from atb.search.config import SearchConfig
 from atb.search.dev_data import load_dev_batches, read_dev_batches
@@ -68,9 +68,7 @@ def consolidated_from(folder: Path) -> tuple[Any, Any]:
 def load_weights(checkpoint: str, out_dir: Path, comm: Comm, trust_checkpoint: bool = False):
     """(model, meta, folder): every rank loads a SuperPLM folder; a DeepSpeed checkpoint is consolidated into
     one by rank 0 first (with the KD projection beside it, when the checkpoint trained one)."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"SuperPLM checkpoint not found: {path}")
+    path = require_path(checkpoint, "SuperPLM checkpoint")
     if is_supernet_folder(path):
         return (*load_supernet(path), path)
     folder = out_dir / CONSOLIDATED
