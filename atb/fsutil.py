@@ -1,4 +1,5 @@
-"""Atomic writes: a user's checkpoint, search state or export is either complete or absent, never half."""
+"""Files: atomic writes (a user's checkpoint, search state or export is either complete or absent, never
+half), content hashes, and reading or requiring a path with a one-line error."""
 
 from __future__ import annotations
 
