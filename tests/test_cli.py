@@ -51,7 +51,7 @@ def tool_configs():
     from atb.finetune import FinetuneConfig
     from atb.search.config import SearchConfig
     from atb.train.config import PretrainConfig
-    from atb.train.develop import DevelopConfig
+    from atb.train.config import DevelopConfig
 
     return [PretrainConfig, DevelopConfig, SearchConfig, FinetuneConfig, MeasureConfig, FitConfig, PredictConfig,
             tool_module("extract").ExtractConfig, tool_module("demo").DemoConfig]

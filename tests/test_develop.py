@@ -76,7 +76,7 @@ def test_develop_rejects_bad_input(corpus_and_tokenizer, supernet, tmp_path):  #
 def test_a_latency_check_the_students_cannot_take_is_refused_before_training():
     """The export times sequences of the predictor's length (default 128): students with fewer positions are
     refused up front, not after the training the check follows."""
-    from atb.train.develop import DevelopConfig
+    from atb.train.config import DevelopConfig
     from atb.train.develop_export import check_latency_measurable
 
     with pytest.raises(ValueError, match="times 128-token sequences, but the SuperPLM's models hold 64 positions"):

@@ -11,10 +11,14 @@ manifest.json and summary.md. Re-running with the same --out_dir resumes.
 from __future__ import annotations
 
 from atb.cli import run_cli
-from atb.train.develop import DevelopConfig
+from atb.fsutil import require_path
+from atb.train.config import DevelopConfig, check_paths
 
 
 def run(cfg: DevelopConfig) -> None:
+    if cfg.supernet:  # refused before the seconds of heavy imports; train() reports a missing flag itself
+        require_path(cfg.supernet, "SuperPLM checkpoint")
+    check_paths(cfg)
     from atb.train.develop import train
 
     train(cfg)

@@ -1,9 +1,14 @@
-"""Arguments of a SuperPLM pre-training run (`tools/pretrain.py --help` lists them)."""
+"""Arguments of atb's DeepSpeed training runs, pre-training and development (each tool's `--help` lists them),
+and the checks that need no heavy imports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from atb.deploy.runtime import check_runtime
+
+HELD_OUT_EVERY = 4  # every fourth calibration block judges develop's refits instead of making them
 
 
 @dataclass
@@ -91,11 +96,51 @@ class PretrainConfig(TrainConfig):
             raise ValueError("--inplace_distill needs --sampling sandwich and --objective mlm")
 
 
+@dataclass
+class DevelopConfig(TrainConfig):
+    """Further-train K sub-models of a SuperPLM together (one engine, one data pipeline, one teacher)."""
+
+    out_dir: str = "runs/develop"
+    supernet: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
+    archs: list[str] = field(default_factory=list)  # explicit archs: names (or JSON objects), comma-separated
+    results: str = ""  # a search results.json: develop its per-target picks
+    targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
+    predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
+    from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
+    reconstruct: bool = True  # compressed SuperPLM: first refit each student's output projections and LayerNorms to the source (least squares)
+    calib_samples: int = 256  # training blocks that --reconstruct fits on (a quarter of them judge the fit), split over the ranks
+    measure_latency: bool = True  # time each exported model (settings and runtime of the predictor when given)
+    runtime: str = ""  # torch, onnxruntime or onnxruntime-int8; must match the predictor's when both are given
+    steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
+    lr: float = 5e-5  # peak learning rate (linear warmup, then linear decay)
+    warmup_steps: int = 50  # optimizer steps of linear LR warmup
+    # unset: the data settings the SuperPLM recorded when it was pre-trained
+    corpus: list[str] | None = None  # the pre-training corpus
+    tokenizer: str | None = None  # tokenizer folder
+    seq_len: int | None = None  # tokens per block
+    dev_fraction: float | None = None  # held-out share of the corpus blocks
+    seed: int | None = None  # pre-training's --seed (it splits train/dev and orders the data)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.supernet:
+            raise ValueError("--supernet is required (a SuperPLM folder or DeepSpeed checkpoint)")
+        if sum(bool(x) for x in (self.archs, self.results, self.targets)) != 1:
+            raise ValueError("give exactly one of --archs, --results or --targets")
+        if self.targets and not self.predictor:
+            raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
+        if self.runtime:
+            check_runtime(self.runtime)
+        if self.reconstruct and self.calib_samples < 2 * HELD_OUT_EVERY:
+            raise ValueError(f"--calib_samples must be >= {2 * HELD_OUT_EVERY} with --reconstruct, got {self.calib_samples}")
+
+
+
 def check_paths(cfg: TrainConfig) -> None:
     """The input checks that need no heavy imports, so that a mistyped path fails in a fraction of a second
     (the loaders check again, with everything else)."""
-    for item in cfg.corpus:
+    for item in cfg.corpus or []:  # None: develop takes the SuperPLM's recorded corpus
         if str(item) != "demo" and not Path(item).exists():
             raise FileNotFoundError(f"corpus {item} not found")
-    if cfg.tokenizer not in ("auto", "demo") and not Path(cfg.tokenizer).is_dir():
+    if cfg.tokenizer not in (None, "auto", "demo") and not Path(cfg.tokenizer).is_dir():
         raise FileNotFoundError(f"tokenizer folder {cfg.tokenizer} not found")

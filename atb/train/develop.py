@@ -9,14 +9,14 @@ Same data pipeline, objectives, DeepSpeed configs, checkpoints, exact resume and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from atb.data import dev_batches
-from atb.deploy.runtime import check_runtime, check_same_runtime
+from atb.deploy.runtime import check_same_runtime
 from atb.latency import LatencyPredictor
 from atb.model.extract import build_masked_lm, new_masked_lm
 from atb.search import run_search
@@ -24,55 +24,16 @@ from atb.search.config import SearchConfig
 from atb.search.fitness import load_kd_projection
 from atb.search.outputs import read_results
 from atb.space import Arch
-from atb.train.config import TrainConfig
+from atb.train.config import DevelopConfig
 from atb.train.consolidate import load_supernet_or_checkpoint
 from atb.train.develop_export import check_latency_measurable, export_students
 from atb.train.distributed import DistEnv, barrier, init_distributed
 from atb.train.job import Job
 from atb.train.objectives import Teacher
-from atb.train.reconstruction import HELD_OUT_EVERY, reconstruct_students, reconstruction_source
+from atb.train.reconstruction import reconstruct_students, reconstruction_source
 from atb.train.recorded_data import adopt_recorded_data
 from atb.train.session import fill_ds_config, load_teacher, prepare_data, run_session
 from atb.train.students import Students
-
-
-@dataclass
-class DevelopConfig(TrainConfig):
-    """Further-train K sub-models of a SuperPLM together (one engine, one data pipeline, one teacher)."""
-
-    out_dir: str = "runs/develop"
-    supernet: str = ""  # SuperPLM folder or DeepSpeed checkpoint dir
-    archs: list[str] = field(default_factory=list)  # explicit archs: names (or JSON objects), comma-separated
-    results: str = ""  # a search results.json: develop its per-target picks
-    targets: list[str] = field(default_factory=list)  # 12ms,6ms or 4x,8x: run the fast search first (needs --predictor)
-    predictor: str = ""  # latency predictor folder (targets; predicted latency in the report)
-    from_scratch: bool = False  # same archs, random initialisation (the paper's comparison)
-    reconstruct: bool = True  # compressed SuperPLM: first refit each student's output projections and LayerNorms to the source (least squares)
-    calib_samples: int = 256  # training blocks that --reconstruct fits on (a quarter of them judge the fit), split over the ranks
-    measure_latency: bool = True  # time each exported model (settings and runtime of the predictor when given)
-    runtime: str = ""  # torch, onnxruntime or onnxruntime-int8; must match the predictor's when both are given
-    steps: int = 500  # total optimizer steps of the run (sets the LR schedule)
-    lr: float = 5e-5  # peak learning rate (linear warmup, then linear decay)
-    warmup_steps: int = 50  # optimizer steps of linear LR warmup
-    # unset: the data settings the SuperPLM recorded when it was pre-trained
-    corpus: list[str] | None = None  # the pre-training corpus
-    tokenizer: str | None = None  # tokenizer folder
-    seq_len: int | None = None  # tokens per block
-    dev_fraction: float | None = None  # held-out share of the corpus blocks
-    seed: int | None = None  # pre-training's --seed (it splits train/dev and orders the data)
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.supernet:
-            raise ValueError("--supernet is required (a SuperPLM folder or DeepSpeed checkpoint)")
-        if sum(bool(x) for x in (self.archs, self.results, self.targets)) != 1:
-            raise ValueError("give exactly one of --archs, --results or --targets")
-        if self.targets and not self.predictor:
-            raise ValueError("--targets needs --predictor (a latency predictor from tools/latency.py fit)")
-        if self.runtime:
-            check_runtime(self.runtime)
-        if self.reconstruct and self.calib_samples < 2 * HELD_OUT_EVERY:
-            raise ValueError(f"--calib_samples must be >= {2 * HELD_OUT_EVERY} with --reconstruct, got {self.calib_samples}")
 
 
 DEVELOP_DATA_FIELDS = {"corpus": ("corpus", "demo"), "tokenizer": ("tokenizer", "demo"), "seq_len": ("seq_len", 128),

@@ -18,10 +18,10 @@ import torch
 
 from atb.model.bert_source import build_model, read_config
 from atb.model.reconstruct import BLOCKS, Calibration, reconstruct
+from atb.train.config import HELD_OUT_EVERY
 from atb.train.distributed import DistEnv, sum_over_ranks
 
 log = logging.getLogger(__name__)
-HELD_OUT_EVERY = 4  # every fourth calibration block judges the fits instead of making them
 
 
 def reconstruction_source(meta: dict[str, Any]) -> str | None:
