@@ -135,7 +135,6 @@ class DevelopConfig(TrainConfig):
             raise ValueError(f"--calib_samples must be >= {2 * HELD_OUT_EVERY} with --reconstruct, got {self.calib_samples}")
 
 
-
 def check_paths(cfg: TrainConfig) -> None:
     """The input checks that need no heavy imports, so that a mistyped path fails in a fraction of a second
     (the loaders check again, with everything else)."""
